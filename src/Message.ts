@@ -1,17 +1,17 @@
 /**
- * A chat message in the Hugging Face chat format, as chat templates consume it.
+ * A chat message in the Hugging Face chat format, as chat templates consume it. A plain struct, so the
+ * literals users write (`{ role: "user", content: "hi" }`) are Messages as they stand.
  */
 import { Schema } from "effect"
 
 export const Role = Schema.Literals(["system", "user", "assistant", "tool"])
 export type Role = typeof Role.Type
 
-export class Message extends Schema.Class<Message>("episodic/Message")({
+export const Message = Schema.Struct({
   role: Role,
   content: Schema.String
-}) {}
+})
+export type Message = typeof Message.Type
 
-/** A plain message literal, the shape users write: `{ role: "user", content: "hi" }`. */
-export type MessageInit = { readonly role: Role; readonly content: string }
-
-export const make = (role: Role, content: string): Message => new Message({ role, content })
+/** Kept as an alias: the shape users write is the Message itself. */
+export type MessageInit = Message

@@ -1,0 +1,339 @@
+/**
+ * One episode of multi-turn interaction as a statechart:
+ *
+ *   running( pending -> generating -> interacting -> generating -> ... ) -> done
+ *
+ * `pending` resets the environment and renders the prompt; `generating` asks the policy for one assistant
+ * turn; `interacting` hands the assistant's text to the environment. `done` is final and its output is the
+ * trajectory record. Every way an episode can end lands in `done` with a finish reason: the environment is
+ * done, max turns, the token budget, the wall-clock timeout, an environment error, an inference error, or
+ * an INTERRUPT event.
+ *
+ * Pure on purpose: `reset`, `generate` and `interact` are named placeholders that a host provides with
+ * `episodeMachine.provide({ actors })`, so this file imports only xstate and opens as it stands in the
+ * Stately visualizer. Timings use Date.now() in actions; nothing else here touches the outside world.
+ */
+import { assign, fromPromise, setup } from "xstate"
+import type { FinishReason, Trajectory, TrajectoryError, Turn } from "../src/Trajectory.ts"
+
+export interface EpisodeLimits {
+  /** Assistant turns at most. */
+  readonly maxTurns: number
+  /** Response tokens at most (assistant and environment tokens together, as verl's response_length). */
+  readonly maxResponseTokens: number
+  /** Tokens one assistant turn may generate at most. */
+  readonly maxNewTokens: number
+  /** Wall-clock limit for the whole episode. */
+  readonly timeoutMs: number
+}
+
+export interface EpisodeInput {
+  readonly id: string
+  readonly groupId: string
+  readonly interaction: string
+  readonly seed: number
+  readonly limits: EpisodeLimits
+}
+
+type ChatMessage = { readonly role: "system" | "user" | "assistant" | "tool"; readonly content: string }
+
+export interface ResetOutput {
+  /** The rendered first turn: system prompt, dataset prompt, first observation. */
+  readonly messages: ReadonlyArray<ChatMessage>
+  readonly promptIds: ReadonlyArray<number>
+}
+
+export interface GenerateInput {
+  readonly episodeId: string
+  readonly turn: number
+  /** Prompt ids then response ids: exactly what the policy conditions on. */
+  readonly contextIds: ReadonlyArray<number>
+  readonly maxNewTokens: number
+}
+
+export interface GenerateOutput {
+  readonly tokenIds: ReadonlyArray<number>
+  readonly logprobs: ReadonlyArray<number>
+  /** The assistant's text as the environment will receive it. */
+  readonly text: string
+  readonly policyVersion: number
+}
+
+export interface InteractInput {
+  readonly turn: number
+  readonly action: string
+  /** The assistant turn's ids, so the host can tell whether the policy already closed the turn. */
+  readonly assistantIds: ReadonlyArray<number>
+}
+
+export interface InteractOutput {
+  readonly observation: string
+  readonly reward: number
+  readonly done: boolean
+  /** The template's tokens for the observation as the next user turn, generation prompt included. */
+  readonly observationIds: ReadonlyArray<number>
+}
+
+export interface EpisodeContext {
+  readonly input: EpisodeInput
+  readonly startedAt: number
+  readonly segmentStartedAt: number
+  readonly messages: ReadonlyArray<ChatMessage>
+  readonly promptIds: ReadonlyArray<number>
+  readonly responseIds: ReadonlyArray<number>
+  readonly responseMask: ReadonlyArray<0 | 1>
+  readonly responseLogprobs: ReadonlyArray<number>
+  readonly turns: ReadonlyArray<Turn>
+  readonly turnRewards: ReadonlyArray<number>
+  readonly lastAssistantIds: ReadonlyArray<number>
+  readonly finishReason: FinishReason
+  readonly error: TrajectoryError | null
+}
+
+export type EpisodeEvent = { readonly type: "INTERRUPT" }
+
+const notProvided = (name: string) =>
+  fromPromise<never, unknown>(() => Promise.reject(new Error(`the episode machine's "${name}" actor was not provided`)))
+
+const describeError = (error: unknown): TrajectoryError => {
+  if (error instanceof Error) {
+    const tag = (error as { readonly _tag?: unknown })._tag
+    return { type: typeof tag === "string" ? tag : error.name, message: error.message }
+  }
+  return { type: "Error", message: String(error) }
+}
+
+const timing = (context: EpisodeContext) => {
+  const now = Date.now()
+  return { startMs: context.segmentStartedAt - context.startedAt, durationMs: now - context.segmentStartedAt }
+}
+
+const responseBudgetLeft = (context: EpisodeContext) => context.input.limits.maxResponseTokens - context.responseIds.length
+
+export const episodeMachine = setup({
+  types: {
+    context: {} as EpisodeContext,
+    input: {} as EpisodeInput,
+    events: {} as EpisodeEvent,
+    output: {} as Trajectory
+  },
+  actors: {
+    reset: notProvided("reset") as unknown as ReturnType<typeof fromPromise<ResetOutput, EpisodeInput>>,
+    generate: notProvided("generate") as unknown as ReturnType<typeof fromPromise<GenerateOutput, GenerateInput>>,
+    interact: notProvided("interact") as unknown as ReturnType<typeof fromPromise<InteractOutput, InteractInput>>
+  },
+  delays: {
+    episodeTimeout: ({ context }) => context.input.limits.timeoutMs
+  },
+  guards: {
+    turnsExhausted: ({ context }) => context.turnRewards.length >= context.input.limits.maxTurns,
+    tokensExhausted: ({ context }) => responseBudgetLeft(context) <= 0
+  },
+  actions: {
+    finish: assign((_, params: { readonly reason: FinishReason }) => ({ finishReason: params.reason })),
+    recordError: assign((_, params: { readonly error: unknown }) => ({ error: describeError(params.error) })),
+    recordPrompt: assign((_, output: ResetOutput) => ({
+      messages: output.messages,
+      promptIds: output.promptIds,
+      segmentStartedAt: Date.now()
+    })),
+    recordAssistantTurn: assign(({ context }, output: GenerateOutput) => ({
+      messages: [...context.messages, { role: "assistant" as const, content: output.text }],
+      responseIds: [...context.responseIds, ...output.tokenIds],
+      responseMask: [...context.responseMask, ...output.tokenIds.map(() => 1 as const)],
+      responseLogprobs: [...context.responseLogprobs, ...output.logprobs],
+      turns: [...context.turns, {
+        role: "assistant" as const,
+        text: output.text,
+        tokenStart: context.responseIds.length,
+        tokenEnd: context.responseIds.length + output.tokenIds.length,
+        reward: 0,
+        policyVersion: output.policyVersion,
+        timing: timing(context)
+      }],
+      turnRewards: [...context.turnRewards, 0],
+      lastAssistantIds: output.tokenIds,
+      segmentStartedAt: Date.now()
+    })),
+    // The reward is credited to the assistant turn whose action earned it.
+    recordReward: assign(({ context }, output: InteractOutput) => {
+      const turns = [...context.turns]
+      const last = turns.length - 1
+      turns[last] = { ...turns[last]!, reward: output.reward }
+      return { turns, turnRewards: [...context.turnRewards.slice(0, -1), output.reward] }
+    }),
+    // The observation joins the context (mask 0, logprob 0) only when the policy will read it.
+    recordObservation: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
+      const ids = params.appendTokens ? params.output.observationIds : []
+      return {
+        messages: [...context.messages, { role: "user" as const, content: params.output.observation }],
+        responseIds: [...context.responseIds, ...ids],
+        responseMask: [...context.responseMask, ...ids.map(() => 0 as const)],
+        responseLogprobs: [...context.responseLogprobs, ...ids.map(() => 0)],
+        turns: [...context.turns, {
+          role: "user" as const,
+          text: params.output.observation,
+          tokenStart: context.responseIds.length,
+          tokenEnd: context.responseIds.length + ids.length,
+          reward: 0,
+          policyVersion: null,
+          timing: timing(context)
+        }],
+        segmentStartedAt: Date.now()
+      }
+    })
+  }
+}).createMachine({
+  id: "episode",
+  context: ({ input }) => ({
+    input,
+    startedAt: Date.now(),
+    segmentStartedAt: Date.now(),
+    messages: [],
+    promptIds: [],
+    responseIds: [],
+    responseMask: [],
+    responseLogprobs: [],
+    turns: [],
+    turnRewards: [],
+    lastAssistantIds: [],
+    finishReason: "interrupted",
+    error: null
+  }),
+  initial: "running",
+  states: {
+    running: {
+      initial: "pending",
+      after: {
+        episodeTimeout: { target: "done", actions: { type: "finish", params: { reason: "timeout" } } }
+      },
+      on: {
+        INTERRUPT: { target: "done", actions: { type: "finish", params: { reason: "interrupted" } } }
+      },
+      states: {
+        pending: {
+          invoke: {
+            src: "reset",
+            input: ({ context }) => context.input,
+            onDone: { target: "generating", actions: { type: "recordPrompt", params: ({ event }) => event.output } },
+            onError: {
+              target: "#episode.done",
+              actions: [
+                { type: "finish", params: { reason: "env_error" } },
+                { type: "recordError", params: ({ event }) => ({ error: event.error }) }
+              ]
+            }
+          }
+        },
+        generating: {
+          always: [
+            { guard: "turnsExhausted", target: "#episode.done", actions: { type: "finish", params: { reason: "max_turns" } } },
+            { guard: "tokensExhausted", target: "#episode.done", actions: { type: "finish", params: { reason: "max_tokens" } } }
+          ],
+          invoke: {
+            src: "generate",
+            input: ({ context }) => ({
+              episodeId: context.input.id,
+              turn: context.turnRewards.length,
+              contextIds: [...context.promptIds, ...context.responseIds],
+              maxNewTokens: Math.min(context.input.limits.maxNewTokens, responseBudgetLeft(context))
+            }),
+            onDone: [
+              {
+                // verl's rule: a turn that used up the response budget ends the episode before the environment sees it.
+                guard: ({ context, event }) => responseBudgetLeft(context) - event.output.tokenIds.length <= 0,
+                target: "#episode.done",
+                actions: [
+                  { type: "recordAssistantTurn", params: ({ event }) => event.output },
+                  { type: "finish", params: { reason: "max_tokens" } }
+                ]
+              },
+              { target: "interacting", actions: { type: "recordAssistantTurn", params: ({ event }) => event.output } }
+            ],
+            onError: {
+              target: "#episode.done",
+              actions: [
+                { type: "finish", params: { reason: "inference_error" } },
+                { type: "recordError", params: ({ event }) => ({ error: event.error }) }
+              ]
+            }
+          }
+        },
+        interacting: {
+          invoke: {
+            src: "interact",
+            input: ({ context }) => ({
+              turn: context.turnRewards.length - 1,
+              action: context.turns.at(-1)?.text ?? "",
+              assistantIds: context.lastAssistantIds
+            }),
+            onDone: [
+              {
+                guard: ({ event }) => event.output.done,
+                target: "#episode.done",
+                actions: [
+                  { type: "recordReward", params: ({ event }) => event.output },
+                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "finish", params: { reason: "done" } }
+                ]
+              },
+              {
+                guard: "turnsExhausted",
+                target: "#episode.done",
+                actions: [
+                  { type: "recordReward", params: ({ event }) => event.output },
+                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "finish", params: { reason: "max_turns" } }
+                ]
+              },
+              {
+                // No room left to generate after the observation: end rather than truncate the context.
+                guard: ({ context, event }) => responseBudgetLeft(context) - event.output.observationIds.length <= 0,
+                target: "#episode.done",
+                actions: [
+                  { type: "recordReward", params: ({ event }) => event.output },
+                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "finish", params: { reason: "max_tokens" } }
+                ]
+              },
+              {
+                target: "generating",
+                actions: [
+                  { type: "recordReward", params: ({ event }) => event.output },
+                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: true }) }
+                ]
+              }
+            ],
+            onError: {
+              target: "#episode.done",
+              actions: [
+                { type: "finish", params: { reason: "env_error" } },
+                { type: "recordError", params: ({ event }) => ({ error: event.error }) }
+              ]
+            }
+          }
+        }
+      }
+    },
+    done: { type: "final" }
+  },
+  output: ({ context }) => ({
+    id: context.input.id,
+    groupId: context.input.groupId,
+    interaction: context.input.interaction,
+    messages: context.messages,
+    promptIds: context.promptIds,
+    responseIds: context.responseIds,
+    responseMask: context.responseMask,
+    responseLogprobs: context.responseLogprobs,
+    turns: context.turns,
+    reward: context.turnRewards.reduce((sum, r) => sum + r, 0),
+    turnRewards: context.turnRewards,
+    numTurns: context.turnRewards.length,
+    finishReason: context.finishReason,
+    error: context.error,
+    seed: context.input.seed
+  })
+})
+
+export type EpisodeMachine = typeof episodeMachine

@@ -1,0 +1,91 @@
+/**
+ * The Engine runs episodes over a stream of dataset rows: `samplesPerRow` episodes per row (a GRPO group),
+ * at most `concurrency` at once, each supervised by Episode.run. Every row yields exactly one trajectory per
+ * sample, whatever goes wrong in it. Trajectories leave through a bounded buffer, so a slow consumer (a
+ * disk, the trainer) holds back new episodes instead of piling records up in memory.
+ */
+import { Context, Deferred, Effect, Layer, Stream } from "effect"
+import type { InspectionEvent } from "xstate"
+import type { EpisodeLimits } from "../machines/episode.ts"
+import type { DatasetRow } from "./DatasetRow.ts"
+import type { Environment } from "./Environment.ts"
+import type { EnvironmentRegistry } from "./environments/registry.ts"
+import * as Episode from "./Episode.ts"
+import type { SamplingParams } from "./Generation.ts"
+import { Inference } from "./Inference.ts"
+import { deriveSeed } from "./Seed.ts"
+import { Tokenizer } from "./Tokenizer.ts"
+import type { Trajectory } from "./Trajectory.ts"
+
+export interface EngineOptions {
+  readonly environments: EnvironmentRegistry
+  /** Per-environment config, by registered name, passed to the definition's `make`. */
+  readonly environmentConfig?: Readonly<Record<string, Record<string, unknown>>> | undefined
+  readonly concurrency: number
+  readonly samplesPerRow: number
+  readonly limits: EpisodeLimits
+  readonly sampling: SamplingParams
+  readonly envCallTimeoutMs: number
+  /** Seeds rows that carry no `extra_info.seed`. */
+  readonly seed: number
+  /** Finished trajectories waiting for the consumer, at most. */
+  readonly bufferCapacity: number
+  readonly inspect?: ((event: InspectionEvent) => void) | undefined
+}
+
+export interface RunOptions {
+  /** Completing it stops the run gently: no new episodes, running ones end `interrupted` and are emitted. */
+  readonly stop?: Deferred.Deferred<void> | undefined
+}
+
+export class Engine extends Context.Service<Engine, {
+  readonly options: EngineOptions
+  run<E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R>
+}>()("episodic/Engine") {
+  static readonly layer = (options: EngineOptions): Layer.Layer<Engine, never, Inference | Tokenizer> =>
+    Layer.effect(Engine, make(options))
+}
+
+const make = (options: EngineOptions) =>
+  Effect.gen(function*() {
+    const context = yield* Effect.context<Inference | Tokenizer>()
+
+    const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, stop: RunOptions["stop"]): Episode.EpisodeSpec => {
+      const name = row.extra_info.interaction_kwargs.name
+      const seed = row.extra_info.seed ?? deriveSeed(options.seed, rowIndex)
+      return {
+        input: {
+          id: `${rowIndex}-${sample}`,
+          groupId: row.extra_info.group_id ?? String(rowIndex),
+          interaction: name,
+          seed,
+          limits: options.limits
+        },
+        row,
+        makeEnvironment: (): Environment => options.environments.get(name).make(options.environmentConfig?.[name] ?? {}),
+        sampling: options.sampling,
+        sample,
+        envCallTimeoutMs: options.envCallTimeoutMs,
+        inspect: options.inspect,
+        stop
+      }
+    }
+
+    const run = <E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R> => {
+      const stop = runOptions?.stop
+      const admitted = stop === undefined ? rows : rows.pipe(Stream.interruptWhen(Deferred.await(stop)))
+      return admitted.pipe(
+        Stream.zipWithIndex,
+        Stream.flatMap(([row, rowIndex]) =>
+          Stream.range(0, options.samplesPerRow - 1).pipe(Stream.map((sample) => episodeOf(row, rowIndex, sample, stop)))
+        ),
+        Stream.mapEffect((spec) => Episode.run(spec).pipe(Effect.provideContext(context)), {
+          concurrency: options.concurrency,
+          unordered: true
+        }),
+        Stream.buffer({ capacity: options.bufferCapacity })
+      )
+    }
+
+    return Engine.of({ options, run })
+  })

@@ -1,0 +1,11 @@
+/**
+ * The boundary episodes talk to for generation: submit a GenerationRequest, get a GenerationResult.
+ * The shared ONNX inference actor (actors/inference) is the production implementation; `TextPolicy`
+ * runs a hand-written policy (a scripted solver, a baseline) through the same boundary.
+ */
+import { Context, type Effect } from "effect"
+import type { GenerationRequest, GenerationResult, InferenceError } from "./Generation.ts"
+
+export class Inference extends Context.Service<Inference, {
+  generate(request: GenerationRequest): Effect.Effect<GenerationResult, InferenceError>
+}>()("episodic/Inference") {}
