@@ -1,1 +1,128 @@
-console.log("hello from", process.version, process.argv.slice(2))
+/**
+ * The `episodic` command line. `episodic run [experiment]` runs an experiment file (default: the default
+ * experiment in experiments/) and writes runs/<name>/trajectories.jsonl and summary.json.
+ *
+ * Ctrl-C is gentle the first time: no new episodes start, running ones end `interrupted` and are written
+ * whole, the summary is written, and the process exits 130. A second Ctrl-C exits at once.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { Cause, Console, Deferred, Effect, Exit, Option } from "effect"
+import { Argument, Command, Flag } from "effect/cli"
+import { existsSync } from "node:fs"
+import * as path from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
+import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
+import * as Run from "../Run.ts"
+
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+const defaultExperiment = path.join(packageRoot, "experiments", "grid-quest.ts")
+
+const loadExperiment = (file: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      const absolute = path.resolve(file)
+      if (!existsSync(absolute)) throw new ExperimentError({ message: `no experiment file at ${absolute}` })
+      const module = await import(pathToFileURL(absolute).href) as { readonly default?: ExperimentConfig }
+      if (typeof module.default !== "object" || module.default === null) {
+        throw new ExperimentError({ message: `${file} must default-export defineExperiment({...})` })
+      }
+      return module.default
+    },
+    catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: `cannot load ${file}: ${String(cause)}` })
+  })
+
+const optionalInt = (name: string, description: string) =>
+  Flag.Int(name).pipe(Flag.withDescription(description), Flag.optional)
+
+const run = Command.make(
+  "run",
+  {
+    experiment: Argument.String("experiment").pipe(
+      Argument.withDescription("An experiment file that default-exports defineExperiment({...}); default: experiments/grid-quest.ts"),
+      Argument.optional
+    ),
+    episodes: optionalInt("episodes", "Episodes to run (overrides the experiment's environment.episodes)"),
+    concurrency: optionalInt("concurrency", "Episodes running at once"),
+    seed: optionalInt("seed", "Run seed: seeds rows, environments and sampling"),
+    out: Flag.String("out").pipe(Flag.withDescription("Parent directory of the run directory (default: runs)"), Flag.optional),
+    name: Flag.String("name").pipe(Flag.withDescription("Run name: the run directory is <out>/<name>"), Flag.optional)
+  },
+  Effect.fn(function*(flags) {
+    const file = Option.getOrElse(flags.experiment, () => defaultExperiment)
+    const loaded = yield* loadExperiment(file)
+    const overridden: ExperimentConfig = {
+      ...loaded,
+      ...Option.match(flags.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
+      ...Option.match(flags.concurrency, { onNone: () => ({}), onSome: (concurrency) => ({ concurrency }) }),
+      ...Option.match(flags.seed, { onNone: () => ({}), onSome: (seed) => ({ seed }) }),
+      ...Option.match(flags.out, { onNone: () => ({}), onSome: (out) => ({ out }) }),
+      ...Option.match(flags.episodes, {
+        onNone: () => ({}),
+        onSome: (episodes) => {
+          if (loaded.environment === undefined) {
+            throw new ExperimentError({ message: "--episodes needs an experiment with `environment`; this one reads a dataset" })
+          }
+          return { environment: { ...loaded.environment, episodes } }
+        }
+      })
+    }
+    const experiment = yield* Effect.try({
+      try: () => resolve(overridden),
+      catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })
+    })
+
+    const stop = yield* Deferred.make<void>()
+    let interrupts = 0
+    const onSigint = () => {
+      if (++interrupts > 1) process.exit(130)
+      process.stderr.write("\nstopping: running episodes end as `interrupted` and are written; Ctrl-C again to quit now\n")
+      Deferred.doneUnsafe(stop, Exit.void)
+    }
+    process.on("SIGINT", onSigint)
+
+    let lastPrint = 0
+    const { directory, summary } = yield* Run.run(experiment, overridden, {
+      stop,
+      onStart: (directory) => process.stdout.write(`episodic run ${experiment.name}: writing ${directory}\n`),
+      onProgress: (s) => {
+        // Plain lines, at most one a second: readable in a terminal, a pipe or a CI log.
+        if (Date.now() - lastPrint < 1000) return
+        lastPrint = Date.now()
+        process.stdout.write(
+          `episodes ${s.episodes}  mean reward ${s.mean_reward.toFixed(3)}  ${s.episodes_per_second.toFixed(1)} ep/s  ${JSON.stringify(s.finish_reasons)}\n`
+        )
+      }
+    }).pipe(Effect.ensuring(Effect.sync(() => process.off("SIGINT", onSigint))))
+    yield* Console.log(
+      `done: ${summary.episodes} episodes in ${summary.wall_seconds.toFixed(1)} s, mean reward ${summary.mean_reward.toFixed(3)}, ` +
+        `finish reasons ${JSON.stringify(summary.finish_reasons)}\n` +
+        `  ${path.join(directory, "trajectories.jsonl")}\n  ${path.join(directory, "summary.json")}`
+    )
+    if (summary.interrupted && interrupts > 0) process.exitCode = 130
+  })
+).pipe(
+  Command.withDescription("Run an experiment: episodes over its rows, trajectories to runs/<name>/trajectories.jsonl"),
+  Command.withExamples([
+    { command: "episodic run", description: "Run the default experiment (grid-quest)" },
+    { command: "episodic run experiments/grid-quest-solver.ts --episodes 50", description: "Run an experiment file, overriding its episode count" }
+  ])
+)
+
+const episodic = Command.make("episodic").pipe(
+  Command.withDescription("Multi-turn reinforcement learning for language models: episodes, environments, trajectories"),
+  Command.withSubcommands([run])
+)
+
+const program = Command.run(episodic, { version: "0.1.0" }).pipe(Effect.provide(NodeServices.layer))
+
+const exit = await Effect.runPromiseExit(program)
+if (Exit.isFailure(exit)) {
+  const failure = Cause.findErrorOption(exit.cause)
+  // Expected failures (bad experiment, bad dataset row, missing tokenizer) are one line that names the problem.
+  if (Option.isSome(failure) && failure.value instanceof Error) {
+    console.error(`episodic: ${failure.value.message}`)
+  } else if (!Cause.hasInterruptsOnly(exit.cause)) {
+    console.error(Cause.pretty(exit.cause))
+  }
+  process.exitCode = 1
+}

@@ -151,6 +151,8 @@ const makeGridQuest = (config: GridQuestConfig): Environment => {
       const progressBefore = remainingProgress(game)
       const command = parseCommand(action)
       let feedback: string
+      // `invalid` (reported in info) is a command the game cannot read or a move off the grid; `wasted` is a
+      // readable command that cannot work yet. Both pay the invalid penalty.
       let invalid = false
       let wasted = false
       let success = false
@@ -173,11 +175,16 @@ const makeGridQuest = (config: GridQuestConfig): Environment => {
           game.carrying = true
           feedback = "You picked up the treasure."
         } else {
-          feedback = command.item === "treasure" && game.carrying ? "You already have it." : `There is no ${command.item} here.`
+          feedback =
+            command.item !== "treasure"
+              ? "Only the treasure can be picked up."
+              : game.carrying
+                ? "You already have the treasure."
+                : "The treasure is not here."
           wasted = true
         }
       } else if (game.carrying) {
-        feedback = "Quest complete!"
+        feedback = `Quest complete in ${game.steps} steps!`
         success = true
       } else {
         feedback = "You need the treasure first."
@@ -191,7 +198,7 @@ const makeGridQuest = (config: GridQuestConfig): Environment => {
         (success ? successBonus : 0)
       game.done = success || game.steps >= maxSteps
       const observation = success
-        ? `Quest complete in ${game.steps} steps!`
+        ? feedback
         : game.done
           ? `${feedback} Out of steps: quest failed.`
           : `${feedback} ${describe(game, maxSteps)}`

@@ -1,0 +1,123 @@
+/**
+ * A scripted experiment: one typed object that says what to run (model, environments or dataset, budgets,
+ * sampling, seeds, outputs). Experiment files default-export `defineExperiment({...})`; `episodic run FILE`
+ * runs them, and `resolve` checks every field with one clear message naming a bad one.
+ */
+import { Schema } from "effect"
+import type { EpisodeLimits } from "../machines/episode.ts"
+import type { EnvironmentDefinition } from "./Environment.ts"
+import { SamplingParams } from "./Generation.ts"
+import type { TextPolicy } from "./TextPolicy.ts"
+
+export interface ExperimentConfig {
+  /** Names the run directory: `<out>/<name>/`. */
+  readonly name: string
+  /** A Hugging Face model directory: tokenizer files, and onnx/model.onnx for the inference actor. */
+  readonly model: string
+  /**
+   * A hand-written policy to run instead of the model (a scripted solver for demonstrations, a baseline).
+   * Leave it out to generate with the model.
+   */
+  readonly policy?: TextPolicy
+  /** Seeded rows from a registered environment ... */
+  readonly environment?: {
+    readonly name: string
+    readonly episodes: number
+    readonly config?: Record<string, unknown>
+  }
+  /** ... or rows from a verl-format dataset file (.jsonl or .parquet). */
+  readonly dataset?: string
+  /** Per-environment config for dataset rows, by environment name. */
+  readonly environmentConfig?: Readonly<Record<string, Record<string, unknown>>>
+  /** Environments to register beside the built-in ones. */
+  readonly environments?: ReadonlyArray<EnvironmentDefinition<any>>
+  /** Episodes per row (GRPO's group size). */
+  readonly samplesPerRow?: number
+  readonly concurrency?: number
+  readonly limits?: Partial<EpisodeLimits>
+  readonly sampling?: Partial<Omit<SamplingParams, never>>
+  /** Time limit of one environment call. */
+  readonly envCallTimeoutMs?: number
+  readonly seed?: number
+  /** Parent of the run directory. */
+  readonly out?: string
+}
+
+export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => config
+
+const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+const TimeoutMs = PositiveInt.check(Schema.isLessThanOrEqualTo(2_147_483_647))
+
+/** What a run needs, every default filled in. Functions (policy, environments) are carried beside it. */
+export const ResolvedExperiment = Schema.Struct({
+  name: Schema.String.check(Schema.isPattern(/^[\w.-]+$/, { message: "letters, digits, '.', '_' or '-' only" })),
+  model: Schema.String,
+  environment: Schema.optional(Schema.Struct({
+    name: Schema.String,
+    episodes: PositiveInt,
+    config: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))
+  })),
+  dataset: Schema.optional(Schema.String),
+  environmentConfig: Schema.Record(Schema.String, Schema.Record(Schema.String, Schema.Unknown)),
+  samplesPerRow: PositiveInt,
+  concurrency: PositiveInt,
+  limits: Schema.Struct({
+    maxTurns: PositiveInt,
+    maxResponseTokens: PositiveInt,
+    maxNewTokens: PositiveInt,
+    timeoutMs: TimeoutMs
+  }),
+  sampling: SamplingParams,
+  envCallTimeoutMs: TimeoutMs,
+  seed: Schema.Int,
+  out: Schema.String
+})
+export type ResolvedExperiment = typeof ResolvedExperiment.Type
+
+export class ExperimentError extends Schema.TaggedError<ExperimentError>()("ExperimentError", {
+  message: Schema.String
+}) {}
+
+const defaults = {
+  samplesPerRow: 1,
+  concurrency: 32,
+  limits: { maxTurns: 12, maxResponseTokens: 1024, maxNewTokens: 32, timeoutMs: 300_000 },
+  envCallTimeoutMs: 30_000,
+  seed: 0,
+  out: "runs"
+}
+
+/** Fills in defaults and checks every field; the error names the first bad one. */
+export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
+  if ((config.environment === undefined) === (config.dataset === undefined)) {
+    throw new ExperimentError({ message: "experiment: give exactly one of `environment` (seeded rows) or `dataset` (a file)" })
+  }
+  const candidate = {
+    name: config.name,
+    model: config.model,
+    environment: config.environment,
+    dataset: config.dataset,
+    environmentConfig: {
+      ...config.environmentConfig,
+      ...(config.environment?.config ? { [config.environment.name]: config.environment.config } : {})
+    },
+    samplesPerRow: config.samplesPerRow ?? defaults.samplesPerRow,
+    concurrency: config.concurrency ?? defaults.concurrency,
+    limits: { ...defaults.limits, ...config.limits },
+    sampling: { ...SamplingParams.defaults, maxNewTokens: config.limits?.maxNewTokens ?? defaults.limits.maxNewTokens, ...config.sampling },
+    envCallTimeoutMs: config.envCallTimeoutMs ?? defaults.envCallTimeoutMs,
+    seed: config.seed ?? defaults.seed,
+    out: config.out ?? defaults.out
+  }
+  const result = Schema.decodeUnknownExit(ResolvedExperiment)(candidate, { errors: "first" })
+  if (result._tag === "Failure") {
+    throw new ExperimentError({ message: `experiment "${String(config.name)}": ${describeFailure(result.cause)}` })
+  }
+  return result.value
+}
+
+const describeFailure = (cause: unknown): string => {
+  const text = String((cause as { readonly reasons?: ReadonlyArray<{ readonly error?: { readonly message?: string } }> })
+    .reasons?.[0]?.error?.message ?? cause)
+  return text.replace(/\s+/g, " ").trim()
+}

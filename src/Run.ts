@@ -1,0 +1,154 @@
+/**
+ * Runs a resolved experiment end to end: rows -> Engine -> `runs/<name>/trajectories.jsonl`, then
+ * `summary.json`. The run directory also gets the resolved `config.json`, so a run can be read back and
+ * repeated from its directory.
+ */
+import { type Deferred, Effect, Layer, Stream } from "effect"
+import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs"
+import * as path from "node:path"
+import * as Dataset from "./Dataset.ts"
+import type { DatasetRow } from "./DatasetRow.ts"
+import { Engine } from "./Engine.ts"
+import { EnvironmentRegistry } from "./environments/registry.ts"
+import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
+import { Inference } from "./Inference.ts"
+import * as JsonlWriter from "./JsonlWriter.ts"
+import * as TextPolicy from "./TextPolicy.ts"
+import { Tokenizer } from "./Tokenizer.ts"
+import type { FinishReason, Trajectory } from "./Trajectory.ts"
+
+export interface Summary {
+  readonly name: string
+  readonly episodes: number
+  readonly finish_reasons: Partial<Record<FinishReason, number>>
+  readonly mean_reward: number
+  readonly mean_turns: number
+  readonly response_tokens: number
+  readonly wall_seconds: number
+  readonly episodes_per_second: number
+  readonly interrupted: boolean
+}
+
+export interface RunOptions {
+  /** Completing it stops the run gently (Ctrl-C): running episodes end `interrupted` and are written. */
+  readonly stop?: Deferred.Deferred<void>
+  /** Called once the run directory exists, before the first episode. */
+  readonly onStart?: (directory: string) => void
+  /** Called after every finished episode, with the summary so far. */
+  readonly onProgress?: (summary: Summary, trajectory: Trajectory) => void
+}
+
+/** Where a run writes. */
+export const runDirectory = (experiment: ResolvedExperiment) => path.resolve(experiment.out, experiment.name)
+
+/** Writes a file whole or not at all: readers never see half a summary. */
+const writeAtomically = (file: string, text: string) => {
+  const partial = `${file}.partial`
+  writeFileSync(partial, text)
+  renameSync(partial, file)
+}
+
+/**
+ * The policy a run generates with: the experiment's own text policy, or the model. Checked before the run
+ * starts anything, so a missing model is one clear line, not a half-made run directory.
+ */
+export const inferenceFor = (
+  experiment: ResolvedExperiment,
+  config: ExperimentConfig
+): Effect.Effect<Layer.Layer<Inference, never, Tokenizer>, ExperimentError> => {
+  if (config.policy !== undefined) return Effect.succeed(TextPolicy.layer(config.policy))
+  const onnx = path.join(path.resolve(experiment.model), "onnx", "model.onnx")
+  return Effect.fail(new ExperimentError({
+    message: existsSync(onnx)
+      ? `experiment "${experiment.name}" generates with the model ${experiment.model}, but this version of episodic has no ONNX inference actor yet (it comes with the inference actor issue)`
+      : `experiment "${experiment.name}" needs the model at ${path.resolve(experiment.model)} (no onnx/model.onnx there); episodic cannot make or run that model until the inference actor issue lands`
+  }))
+}
+
+const rowsFor = (experiment: ResolvedExperiment, registry: EnvironmentRegistry): Stream.Stream<DatasetRow, Dataset.DatasetError> => {
+  if (experiment.dataset !== undefined) return Dataset.readRows(experiment.dataset)
+  const { name, episodes } = experiment.environment!
+  const definition = registry.get(name)
+  if (definition.rows === undefined) {
+    throw new ExperimentError({ message: `environment "${name}" makes no seeded rows; give the experiment a dataset` })
+  }
+  return Stream.fromIterable(definition.rows({ seed: experiment.seed, count: episodes, config: experiment.environmentConfig[name] ?? {} }))
+}
+
+export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, options: RunOptions = {}) => {
+  const registry = EnvironmentRegistry.builtins()
+  for (const definition of config.environments ?? []) registry.register(definition)
+  return Effect.gen(function*() {
+    const inference = yield* inferenceFor(experiment, config)
+    const rows = yield* Effect.try({
+      try: () => rowsFor(experiment, registry),
+      catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })
+    })
+    const engine = Engine.layer({
+      environments: registry,
+      environmentConfig: experiment.environmentConfig,
+      concurrency: experiment.concurrency,
+      samplesPerRow: experiment.samplesPerRow,
+      limits: experiment.limits,
+      sampling: experiment.sampling,
+      envCallTimeoutMs: experiment.envCallTimeoutMs,
+      seed: experiment.seed,
+      bufferCapacity: Math.max(16, experiment.concurrency)
+    }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(experiment.model)))
+    return yield* rollout(experiment, rows, options).pipe(Effect.scoped, Effect.provide(engine))
+  })
+}
+
+const rollout = (
+  experiment: ResolvedExperiment,
+  rows: Stream.Stream<DatasetRow, Dataset.DatasetError>,
+  options: RunOptions
+) =>
+  Effect.gen(function*() {
+    const engine = yield* Engine
+    const directory = runDirectory(experiment)
+    mkdirSync(directory, { recursive: true })
+    writeAtomically(path.join(directory, "config.json"), JSON.stringify(experiment, null, 2) + "\n")
+    const trajectoriesFile = path.join(directory, "trajectories.jsonl")
+    // A run directory holds one run: start its trajectories afresh.
+    writeFileSync(trajectoriesFile, "")
+    const writer = yield* JsonlWriter.open(trajectoriesFile)
+    options.onStart?.(directory)
+
+    const started = Date.now()
+    const finishReasons: Partial<Record<FinishReason, number>> = {}
+    let episodes = 0
+    let rewardSum = 0
+    let turnSum = 0
+    let responseTokens = 0
+    const summary = (): Summary => {
+      const wall = (Date.now() - started) / 1000
+      return {
+        name: experiment.name,
+        episodes,
+        finish_reasons: finishReasons,
+        mean_reward: episodes > 0 ? rewardSum / episodes : 0,
+        mean_turns: episodes > 0 ? turnSum / episodes : 0,
+        response_tokens: responseTokens,
+        wall_seconds: wall,
+        episodes_per_second: wall > 0 ? episodes / wall : 0,
+        interrupted: (finishReasons.interrupted ?? 0) > 0
+      }
+    }
+
+    yield* engine.run(rows, { stop: options.stop }).pipe(
+      Stream.runForEach((trajectory) =>
+        writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => {
+          episodes++
+          rewardSum += trajectory.reward
+          turnSum += trajectory.numTurns
+          responseTokens += trajectory.responseIds.length
+          finishReasons[trajectory.finishReason] = (finishReasons[trajectory.finishReason] ?? 0) + 1
+          options.onProgress?.(summary(), trajectory)
+        })))
+      )
+    )
+    const result = summary()
+    writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
+    return { directory, summary: result }
+  })

@@ -1,0 +1,32 @@
+/**
+ * episodic: multi-turn reinforcement learning for language models. The public face of the library.
+ */
+export * as Dataset from "./Dataset.ts"
+export type { DatasetRow } from "./DatasetRow.ts"
+export { Engine, type EngineOptions } from "./Engine.ts"
+export {
+  define as defineEnvironment,
+  type Environment,
+  type EnvironmentDefinition,
+  EnvironmentError,
+  type ResetOptions,
+  type ResetResult,
+  type StepOptions,
+  type StepResult
+} from "./Environment.ts"
+export { arithmetic } from "./environments/arithmetic.ts"
+export { chat, type ChatTransform, lengthReward } from "./environments/chat.ts"
+export { gridQuest, solveGridQuest } from "./environments/gridQuest.ts"
+export { EnvironmentRegistry } from "./environments/registry.ts"
+export * as Episode from "./Episode.ts"
+export { defineExperiment, type ExperimentConfig, ExperimentError } from "./Experiment.ts"
+export { GenerationRequest, GenerationResult, InferenceError, SamplingParams } from "./Generation.ts"
+export { Inference } from "./Inference.ts"
+export { defineInteraction, fromInteraction, type Interaction, type InteractionResponse } from "./Interaction.ts"
+export * as JsonlWriter from "./JsonlWriter.ts"
+export { Message } from "./Message.ts"
+export * as Run from "./Run.ts"
+export * as TextPolicy from "./TextPolicy.ts"
+export { type ChatTokenizer, Tokenizer } from "./Tokenizer.ts"
+export * as Trajectory from "./Trajectory.ts"
+export { episodeMachine, type EpisodeInput, type EpisodeLimits } from "../machines/episode.ts"
