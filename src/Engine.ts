@@ -73,16 +73,20 @@ const make = (options: EngineOptions) =>
 
     const run = <E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R> => {
       const stop = runOptions?.stop
+      const stopped = () => stop !== undefined && Deferred.isDoneUnsafe(stop)
+      // Stop reading rows once stopped; rows already read (streams hand them over in chunks) are skipped at
+      // admission, so only episodes that were running when the stop came end `interrupted`.
       const admitted = stop === undefined ? rows : rows.pipe(Stream.interruptWhen(Deferred.await(stop)))
       return admitted.pipe(
         Stream.zipWithIndex,
         Stream.flatMap(([row, rowIndex]) =>
           Stream.range(0, options.samplesPerRow - 1).pipe(Stream.map((sample) => episodeOf(row, rowIndex, sample, stop)))
         ),
-        Stream.mapEffect((spec) => Episode.run(spec).pipe(Effect.provideContext(context)), {
-          concurrency: options.concurrency,
-          unordered: true
-        }),
+        Stream.mapEffect(
+          (spec) => stopped() ? Effect.succeed(undefined) : Episode.run(spec).pipe(Effect.provideContext(context)),
+          { concurrency: options.concurrency, unordered: true }
+        ),
+        Stream.filter((trajectory): trajectory is Trajectory => trajectory !== undefined),
         Stream.buffer({ capacity: options.bufferCapacity })
       )
     }

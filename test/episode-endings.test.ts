@@ -4,7 +4,7 @@
  * environment's `close` called exactly once — with environments and policies that throw, hang, ignore their
  * AbortSignal, or return garbage.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { assert, describe, layer } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber } from "effect"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import type { Environment, ResetOptions, ResetResult, StepOptions, StepResult } from "../src/Environment.ts"
@@ -42,13 +42,15 @@ const probed = (probe: Probe, behaviour: Behaviour = {}) => (): Environment => {
   return {
     reset: (options) => {
       probe.resetSignals.push(options.signal)
-      return (behaviour.reset?.(options) ?? {}) as ResetResult
+      return (behaviour.reset === undefined ? {} : behaviour.reset(options)) as ResetResult
     },
     step: (action, options) => {
       const turn = probe.actions.length
       probe.actions.push(action)
       probe.stepSignals.push(options.signal)
-      return (behaviour.step?.(action, options, turn) ?? { observation: "go on", reward: 0, done: false }) as StepResult
+      return (behaviour.step === undefined
+        ? { observation: "go on", reward: 0, done: false }
+        : behaviour.step(action, options, turn)) as StepResult
     },
     close: () => {
       probe.closes++
@@ -123,7 +125,19 @@ const texts = [
   "literal <|im_start|>user\nnot really"
 ]
 
-describe("episode endings", () => {
+/**
+ * The policy the running test uses. The layer (with the real Qwen3 tokenizer, slow to load) is built once
+ * for the file; tests run one after another and each sets its policy first.
+ */
+let currentPolicy: TextPolicy = () => ""
+const withPolicy = (policy: TextPolicy) => <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    currentPolicy = policy
+    return self
+  })
+
+// Test services excluded: these tests run on the real clock (episode and env-call timeouts are real time).
+layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true })("episode endings", (it) => {
   it.effect("done: the environment ends it; the final observation is a message but not tokens", () =>
     Effect.gen(function*() {
       const tokenizer = yield* Tokenizer
@@ -140,7 +154,7 @@ describe("episode endings", () => {
       assert.strictEqual(t.responseMask.at(-1), 1)
       assert.include(tokenizer.stopTokenIds, t.responseIds.at(-1)!)
       assert.deepStrictEqual(probe.actions, ["answer 0", "answer 1"])
-    }).pipe(Effect.provide(policyLayer(say((turn) => `answer ${turn}`)))))
+    }).pipe(withPolicy(say((turn) => `answer ${turn}`))))
 
   it.effect("max_turns: numTurns is maxTurns; the last observation is in messages, not in the tokens", () =>
     Effect.gen(function*() {
@@ -166,7 +180,7 @@ describe("episode endings", () => {
       assert.strictEqual(lastTurn.tokenEnd, t.responseIds.length)
       assert.notInclude(tokenizer.decode(t.responseIds), "observation 2")
       assert.include(tokenizer.decode(t.responseIds), "observation 1")
-    }).pipe(Effect.provide(policyLayer(say((turn) => `step ${turn}`)))))
+    }).pipe(withPolicy(say((turn) => `step ${turn}`))))
 
   it.effect("max_tokens: a turn that uses up the budget ends the episode before the environment sees it", () =>
     Effect.gen(function*() {
@@ -176,7 +190,7 @@ describe("episode endings", () => {
       assert.strictEqual(t.responseIds.length, 12)
       assert.strictEqual(t.numTurns, 1)
       assert.deepStrictEqual(probe.actions, [], "a truncated turn is never sent to the environment")
-    }).pipe(Effect.provide(policyLayer(say(() => "a rather long answer that keeps going well past any twelve token budget at all")))))
+    }).pipe(withPolicy(say(() => "a rather long answer that keeps going well past any twelve token budget at all"))))
 
   it.effect("max_tokens: an observation that would overflow the budget ends the episode, not appended", () =>
     Effect.gen(function*() {
@@ -191,7 +205,7 @@ describe("episode endings", () => {
       assert.deepStrictEqual(t.turnRewards, [1], "the step that was taken is still paid")
       assert.deepStrictEqual(t.messages.at(-1), { role: "user", content: long })
       assert.strictEqual(t.responseMask.at(-1), 1)
-    }).pipe(Effect.provide(policyLayer(say(() => "ok")))))
+    }).pipe(withPolicy(say(() => "ok"))))
 
   it.effect("max_tokens: over many budgets, response_ids never exceed maxResponseTokens", () =>
     Effect.gen(function*() {
@@ -204,9 +218,9 @@ describe("episode endings", () => {
         assert.isAtMost(t.responseIds.length, budget, `budget ${budget}`)
         assert.isAbove(t.responseIds.length, 0)
       }
-    }).pipe(Effect.provide(policyLayer(say((turn) => `move ${turn} north`)))))
+    }).pipe(withPolicy(say((turn) => `move ${turn} north`))))
 
-  it.live("timeout: a policy that never answers (and ignores its signal) is cut off at timeoutMs, its signal aborted", () =>
+  it.effect("timeout: a policy that never answers (and ignores its signal) is cut off at timeoutMs, its signal aborted", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const signals: Array<AbortSignal> = []
@@ -216,7 +230,7 @@ describe("episode endings", () => {
       }
       const started = Date.now()
       const t = yield* Episode.run(spec(probed(probe), withLimits({ timeoutMs: 200 }))).pipe(
-        Effect.provide(policyLayer(policy))
+        withPolicy(policy)
       )
       const elapsed = Date.now() - started
       assertEnding(t, probe, { reason: "timeout" })
@@ -226,7 +240,7 @@ describe("episode endings", () => {
       assert.isTrue(signals[1]!.aborted, "the in-flight generation's signal is aborted")
     }))
 
-  it.live("timeout: an environment step that outlives the episode is aborted", () =>
+  it.effect("timeout: an environment step that outlives the episode is aborted", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const t = yield* Episode.run(spec(probed(probe, {
@@ -236,9 +250,9 @@ describe("episode endings", () => {
       assert.strictEqual(probe.stepSignals.length, 1)
       assert.isTrue(probe.stepSignals[0]!.aborted)
       assert.strictEqual(t.numTurns, 1)
-    }).pipe(Effect.provide(policyLayer(say(() => "wait")))))
+    }).pipe(withPolicy(say(() => "wait"))))
 
-  it.live("timeout: a reset that hangs past the episode's time limit", () =>
+  it.effect("timeout: a reset that hangs past the episode's time limit", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const t = yield* Episode.run(spec(probed(probe, { reset: () => never() }), {
@@ -248,7 +262,7 @@ describe("episode endings", () => {
       assertEnding(t, probe, { reason: "timeout" })
       assert.isTrue(probe.resetSignals[0]!.aborted)
       assert.strictEqual(t.numTurns, 0)
-    }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+    }).pipe(withPolicy(say(() => "unused"))))
 
   describe("env_error", () => {
     it.effect("reset throws", () =>
@@ -261,14 +275,14 @@ describe("episode endings", () => {
         })))
         assertEnding(t, probe, { reason: "env_error", error: envError(/reset threw: the grid failed to load/) })
         assert.strictEqual(t.numTurns, 0)
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
 
     it.effect("reset rejects with a non-Error value", () =>
       Effect.gen(function*() {
         const probe = newProbe()
         const t = yield* Episode.run(spec(probed(probe, { reset: () => Promise.reject("server said 503") })))
         assertEnding(t, probe, { reason: "env_error", error: envError(/reset threw: server said 503/) })
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
 
     it.effect("step throws", () =>
       Effect.gen(function*() {
@@ -282,9 +296,9 @@ describe("episode endings", () => {
         assertEnding(t, probe, { reason: "env_error", error: envError(/step threw: illegal move/) })
         assert.strictEqual(t.numTurns, 2)
         assert.deepStrictEqual(t.turnRewards, [2, 0])
-      }).pipe(Effect.provide(policyLayer(say((turn) => `try ${turn}`)))))
+      }).pipe(withPolicy(say((turn) => `try ${turn}`))))
 
-    it.live("step hangs past envCallTimeoutMs (ignoring its signal)", () =>
+    it.effect("step hangs past envCallTimeoutMs (ignoring its signal)", () =>
       Effect.gen(function*() {
         const probe = newProbe()
         const started = Date.now()
@@ -292,9 +306,9 @@ describe("episode endings", () => {
         assertEnding(t, probe, { reason: "env_error", error: envError(/step did not answer within 100 ms/) })
         assert.isBelow(Date.now() - started, 3_000)
         assert.isTrue(probe.stepSignals[0]!.aborted, "the timed-out call's signal is aborted")
-      }).pipe(Effect.provide(policyLayer(say(() => "hello?")))))
+      }).pipe(withPolicy(say(() => "hello?"))))
 
-    it.live("reset hangs past envCallTimeoutMs", () =>
+    it.effect("reset hangs past envCallTimeoutMs", () =>
       Effect.gen(function*() {
         const probe = newProbe()
         const t = yield* Episode.run(spec(probed(probe, { reset: (options) => untilAborted(options.signal) }), {
@@ -302,7 +316,7 @@ describe("episode endings", () => {
         }))
         assertEnding(t, probe, { reason: "env_error", error: envError(/reset did not answer within 80 ms/) })
         assert.isTrue(probe.resetSignals[0]!.aborted)
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
 
     const garbage: ReadonlyArray<readonly [string, unknown, RegExp]> = [
       ["reward NaN", { observation: "x", reward: Number.NaN, done: false }, /reward/],
@@ -323,7 +337,7 @@ describe("episode endings", () => {
           assert.match(t.error!.message, names, `the message names the bad field: ${t.error!.message}`)
           assert.strictEqual(t.numTurns, 1)
           assert.deepStrictEqual(t.turnRewards, [0])
-        }).pipe(Effect.provide(policyLayer(say(() => "move")))))
+        }).pipe(withPolicy(say(() => "move"))))
     }
 
     it.effect("reset returns garbage", () =>
@@ -332,7 +346,7 @@ describe("episode endings", () => {
         const t = yield* Episode.run(spec(probed(probe, { reset: () => ({ observation: 42 }) })))
         assertEnding(t, probe, { reason: "env_error", error: envError(/reset returned an invalid result/) })
         assert.match(t.error!.message, /observation/)
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
 
     it.effect("makeEnvironment throws: nothing to close", () =>
       Effect.gen(function*() {
@@ -347,7 +361,7 @@ describe("episode endings", () => {
         })
         assert.strictEqual(t.numTurns, 0)
         assert.deepStrictEqual(t.responseIds, [])
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
 
     it.effect("reset gives no user turn and the row's prompt is empty", () =>
       Effect.gen(function*() {
@@ -359,7 +373,7 @@ describe("episode endings", () => {
           assertEnding(t, probe, { reason: "env_error", error: envError(/no user turn/) })
           assert.strictEqual(t.numTurns, 0)
         }
-      }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+      }).pipe(withPolicy(say(() => "unused"))))
   })
 
   it.effect("inference_error: the policy throws", () =>
@@ -369,12 +383,12 @@ describe("episode endings", () => {
       assertEnding(t, probe, { reason: "inference_error", error: { type: "InferenceError", message: /model server unreachable/ } })
       assert.strictEqual(t.numTurns, 1, "the turn before the failure is kept")
       assert.deepStrictEqual(probe.actions, ["fine"])
-    }).pipe(Effect.provide(policyLayer((input) => {
+    }).pipe(withPolicy((input) => {
       if (input.turn === 1) throw new Error("model server unreachable")
       return "fine"
-    }))))
+    })))
 
-  it.live("interrupted: completing `stop` while a step is in flight returns the trajectory and aborts the step", () =>
+  it.effect("interrupted: completing `stop` while a step is in flight returns the trajectory and aborts the step", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const inStep = latch()
@@ -394,9 +408,9 @@ describe("episode endings", () => {
       assert.deepStrictEqual(t.turnRewards, [1, 0])
       assert.isTrue(probe.stepSignals[1]!.aborted, "the in-flight step's signal is aborted")
       assert.isFalse(probe.stepSignals[0]!.aborted, "a finished step's signal is left alone")
-    }).pipe(Effect.provide(policyLayer(say((turn) => `go ${turn}`)))))
+    }).pipe(withPolicy(say((turn) => `go ${turn}`))))
 
-  it.live("interrupted: a `stop` completed before the episode starts still yields one trajectory", () =>
+  it.effect("interrupted: a `stop` completed before the episode starts still yields one trajectory", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const stop = yield* Deferred.make<void>()
@@ -408,9 +422,9 @@ describe("episode endings", () => {
       assert.strictEqual(Trajectory.violation(t), undefined)
       assert.isAtMost(probe.closes, 1)
       assert.strictEqual(probe.closes, probe.made)
-    }).pipe(Effect.provide(policyLayer(say(() => "unused")))))
+    }).pipe(withPolicy(say(() => "unused"))))
 
-  it.live("Fiber.interrupt during a step aborts the step's signal and closes the environment once", () =>
+  it.effect("Fiber.interrupt during a step aborts the step's signal and closes the environment once", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const inStep = latch()
@@ -428,9 +442,9 @@ describe("episode endings", () => {
       assert.strictEqual(probe.closes, 1)
       yield* Effect.sleep(50)
       assert.strictEqual(probe.closes, 1, "close is not called again later")
-    }).pipe(Effect.provide(policyLayer(say(() => "stuck")))))
+    }).pipe(withPolicy(say(() => "stuck"))))
 
-  it.live("Fiber.interrupt during generation aborts the policy's signal and closes the environment once", () =>
+  it.effect("Fiber.interrupt during generation aborts the policy's signal and closes the environment once", () =>
     Effect.gen(function*() {
       const probe = newProbe()
       const inPolicy = latch()
@@ -440,7 +454,7 @@ describe("episode endings", () => {
         inPolicy.open()
         return never<string>()
       }
-      const fiber = yield* Effect.forkChild(Episode.run(spec(probed(probe))).pipe(Effect.provide(policyLayer(policy))))
+      const fiber = yield* Effect.forkChild(Episode.run(spec(probed(probe))).pipe(withPolicy(policy)))
       yield* inPolicy.wait
       yield* Fiber.interrupt(fiber).pipe(Effect.timeout(2_000))
       assert.strictEqual(signals.length, 1)
@@ -449,7 +463,7 @@ describe("episode endings", () => {
       assert.isFalse(probe.resetSignals[0]!.aborted, "reset had finished; only the call in flight is aborted")
     }))
 
-  it.live("close that throws or hangs does not change the outcome", () =>
+  it.effect("close that throws or hangs does not change the outcome", () =>
     Effect.gen(function*() {
       for (const close of [() => {
         throw new Error("close failed")
@@ -469,7 +483,7 @@ describe("episode endings", () => {
         assert.strictEqual(closes, 1)
         assert.isBelow(Date.now() - started, 3_000)
       }
-    }).pipe(Effect.provide(policyLayer(say(() => "done")))))
+    }).pipe(withPolicy(say(() => "done"))))
 
   it.effect("each assistant span (mask 1) decodes to exactly the action the environment received", () =>
     Effect.gen(function*() {
@@ -481,7 +495,7 @@ describe("episode endings", () => {
       assertEnding(t, probe, { reason: "done" })
       assert.strictEqual(probe.actions.length, texts.length)
       // Maximal runs of mask 1.
-      const spans: Array<readonly [number, number]> = []
+      const spans: Array<[number, number]> = []
       for (let i = 0; i < t.responseMask.length; i++) {
         if (t.responseMask[i] === 1 && t.responseMask[i - 1] !== 1) spans.push([i, i])
         if (t.responseMask[i] === 1) spans[spans.length - 1] = [spans.at(-1)![0], i + 1]
@@ -499,5 +513,5 @@ describe("episode endings", () => {
         at = turn.tokenEnd
       }
       assert.strictEqual(at, t.responseIds.length)
-    }).pipe(Effect.provide(policyLayer(say((turn) => texts[turn]!)))))
+    }).pipe(withPolicy(say((turn) => texts[turn]!))))
 })
