@@ -3,7 +3,8 @@
  * 1000 seeds (rows({ seed: 0, count: 1000 })). The solver should always win; random play sets the floor a
  * trained policy has to beat.
  */
-import { gridQuest, mulberry32, randomValidAction, solveGridQuest } from "../src/environments/gridQuest.ts"
+import { gridQuest, randomValidAction, solveGridQuest } from "../src/environments/gridQuest.ts"
+import { mulberry32 } from "../src/Seed.ts"
 
 const episodes = 1000
 const signal = new AbortController().signal

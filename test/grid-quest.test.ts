@@ -4,11 +4,11 @@ import {
   gridQuest,
   gridQuestDefaults,
   layoutGridQuest,
-  mulberry32,
   randomValidAction,
   solveGridQuest,
   type GridQuestConfig
 } from "../src/environments/gridQuest.ts"
+import { mulberry32 } from "../src/Seed.ts"
 
 const signal = new AbortController().signal
 

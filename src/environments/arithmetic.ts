@@ -6,7 +6,7 @@
 import type { DatasetRow } from "../DatasetRow.ts"
 import { defineInteraction, type Interaction, type InteractionKwargs, type InteractionResponse } from "../Interaction.ts"
 import type { MessageInit } from "../Message.ts"
-import { mulberry32 } from "./gridQuest.ts"
+import { mulberry32 } from "../Seed.ts"
 
 export type ArithmeticConfig = {
   /** "strict" (verl's default) reads the number after '####'; "flexible" reads the last number in the reply. */

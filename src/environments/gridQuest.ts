@@ -6,6 +6,7 @@
  */
 import type { DatasetRow } from "../DatasetRow.ts"
 import { define, type Environment } from "../Environment.ts"
+import { mulberry32 } from "../Seed.ts"
 
 export type GridQuestConfig = {
   /** Steps before the episode ends in failure. */
@@ -47,18 +48,6 @@ const rules =
 const systemPrompt =
   "You play Grid Quest. Reply with exactly one command: move north, move south, move east, move west, " +
   "pick up treasure, or complete quest."
-
-/** mulberry32: a tiny deterministic PRNG, enough for laying out games and for random baselines. */
-export const mulberry32 = (seed: number): (() => number) => {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface Point {
   readonly x: number
