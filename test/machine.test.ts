@@ -1,0 +1,151 @@
+/**
+ * The episode statechart on its own, driven with plain promise actors (no Effect, no tokenizer), as a host
+ * that embeds it or the Stately visualizer sees it.
+ */
+import { readdirSync, readFileSync } from "node:fs"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+import { createActor, fromPromise, toPromise } from "xstate"
+import {
+  episodeMachine,
+  type EpisodeInput,
+  type GenerateInput,
+  type GenerateOutput,
+  type InteractInput,
+  type InteractOutput,
+  type ResetOutput
+} from "../machines/episode.ts"
+
+const input = (limits: Partial<EpisodeInput["limits"]> = {}): EpisodeInput => ({
+  id: "e",
+  groupId: "g",
+  interaction: "test",
+  seed: 3,
+  limits: { maxTurns: 5, maxResponseTokens: 100, maxNewTokens: 10, timeoutMs: 5_000, ...limits }
+})
+
+/** A policy that says two tokens per turn and an environment that is done after `doneAfter` steps. */
+const host = (options: { readonly doneAfter?: number; readonly observationTokens?: number } = {}) => {
+  const generateInputs: Array<GenerateInput> = []
+  let steps = 0
+  const machine = episodeMachine.provide({
+    actors: {
+      reset: fromPromise<ResetOutput, EpisodeInput>(async () => ({
+        messages: [{ role: "user", content: "start" }],
+        promptIds: [1, 2, 3]
+      })),
+      generate: fromPromise<GenerateOutput, GenerateInput>(async ({ input }) => {
+        generateInputs.push(input)
+        return { tokenIds: [10 + input.turn, 99], logprobs: [-0.5, -0.25], text: `a${input.turn}`, policyVersion: 4 }
+      }),
+      interact: fromPromise<InteractOutput, InteractInput>(async ({ input }) => {
+        steps++
+        return {
+          observation: `o${input.turn}`,
+          reward: 0.5,
+          done: steps === options.doneAfter,
+          observationIds: Array.from({ length: options.observationTokens ?? 3 }, () => 7)
+        }
+      })
+    }
+  })
+  return { machine, generateInputs }
+}
+
+describe("the episode machine", () => {
+  it("walks pending -> generating -> interacting -> ... -> done and outputs the trajectory", async () => {
+    const { machine, generateInputs } = host({ doneAfter: 2 })
+    const actor = createActor(machine, { input: input() })
+    const states: Array<string> = []
+    actor.subscribe((snapshot) => states.push(JSON.stringify(snapshot.value)))
+    actor.start()
+    const t = await toPromise(actor)
+    expect([...new Set(states)]).toEqual([
+      `{"running":"pending"}`,
+      `{"running":"generating"}`,
+      `{"running":"interacting"}`,
+      `"done"`
+    ])
+    expect(t.finishReason).toBe("done")
+    expect(t.responseIds).toEqual([10, 99, 7, 7, 7, 11, 99])
+    expect(t.responseMask).toEqual([1, 1, 0, 0, 0, 1, 1])
+    expect(t.responseLogprobs).toEqual([-0.5, -0.25, 0, 0, 0, -0.5, -0.25])
+    expect(t.turnRewards).toEqual([0.5, 0.5])
+    expect(t.reward).toBe(1)
+    expect(t.turns.map((turn) => [turn.role, turn.tokenStart, turn.tokenEnd, turn.policyVersion])).toEqual([
+      ["assistant", 0, 2, 4],
+      ["user", 2, 5, null],
+      ["assistant", 5, 7, 4],
+      ["user", 7, 7, null]
+    ])
+    // The second turn's context is the prompt and everything before it.
+    expect(generateInputs[1]!.contextIds).toEqual([1, 2, 3, 10, 99, 7, 7, 7])
+  })
+
+  it("ends with max_turns after the last allowed turn, without appending the unread observation", async () => {
+    const { machine } = host()
+    const t = await toPromise(createActor(machine, { input: input({ maxTurns: 3 }) }).start())
+    expect(t.finishReason).toBe("max_turns")
+    expect(t.numTurns).toBe(3)
+    expect(t.responseIds.at(-1)).toBe(99)
+    expect(t.messages.at(-1)).toEqual({ role: "user", content: "o2" })
+  })
+
+  it("asks for no more tokens than the budget has left, and ends with max_tokens", async () => {
+    const { machine, generateInputs } = host({ observationTokens: 4 })
+    const t = await toPromise(createActor(machine, { input: input({ maxResponseTokens: 9, maxNewTokens: 10 }) }).start())
+    expect(generateInputs.map((g) => g.maxNewTokens)).toEqual([9, 3])
+    expect(t.finishReason).toBe("max_tokens")
+    expect(t.responseIds.length).toBeLessThanOrEqual(9)
+  })
+
+  it("ends interrupted on INTERRUPT, from any running state", async () => {
+    const machine = episodeMachine.provide({
+      actors: {
+        reset: fromPromise<ResetOutput, EpisodeInput>(() => new Promise(() => {}))
+      }
+    })
+    const actor = createActor(machine, { input: input() }).start()
+    actor.send({ type: "INTERRUPT" })
+    const t = await toPromise(actor)
+    expect(t.finishReason).toBe("interrupted")
+    expect(t.responseIds).toEqual([])
+  })
+
+  it("ends with timeout when the episode outlives limits.timeoutMs", async () => {
+    const machine = episodeMachine.provide({
+      actors: { reset: fromPromise<ResetOutput, EpisodeInput>(() => new Promise(() => {})) }
+    })
+    const t = await toPromise(createActor(machine, { input: input({ timeoutMs: 30 }) }).start())
+    expect(t.finishReason).toBe("timeout")
+  })
+
+  it("records the error of a failed actor with its tag", async () => {
+    class InferenceError extends Error { readonly _tag = "InferenceError" }
+    const machine = host().machine.provide({
+      actors: { generate: fromPromise<GenerateOutput, GenerateInput>(() => Promise.reject(new InferenceError("model fell over"))) }
+    })
+    const t = await toPromise(createActor(machine, { input: input() }).start())
+    expect(t.finishReason).toBe("inference_error")
+    expect(t.error).toEqual({ type: "InferenceError", message: "model fell over" })
+  })
+
+  it("fails clearly when a host forgets to provide an actor", async () => {
+    const t = await toPromise(createActor(episodeMachine, { input: input() }).start())
+    expect(t.finishReason).toBe("env_error")
+    expect(t.error?.message).toBe(`the episode machine's "reset" actor was not provided`)
+  })
+})
+
+describe("machines/", () => {
+  it("imports nothing but xstate and types: no effect, onnx, tfjs or fs", () => {
+    const dir = path.resolve(import.meta.dirname, "..", "machines")
+    for (const file of readdirSync(dir).filter((f) => f.endsWith(".ts"))) {
+      const source = readFileSync(path.join(dir, file), "utf8")
+      const imports = [...source.matchAll(/^import\s+(type\s+)?.*?from\s+"([^"]+)"/gms)]
+      for (const [, typeOnly, from] of imports) {
+        expect(typeOnly !== undefined || from === "xstate", `${file} imports ${from}`).toBe(true)
+      }
+    }
+  })
+})
