@@ -95,10 +95,14 @@ export type EpisodeEvent = { readonly type: "INTERRUPT" }
 const notProvided = (name: string) =>
   fromPromise<never, unknown>(() => Promise.reject(new Error(`the episode machine's "${name}" actor was not provided`)))
 
+// Tagged errors (Effect's, or `{ _tag, message }`) keep their tag as the type; other errors their name.
 const describeError = (error: unknown): TrajectoryError => {
-  if (error instanceof Error) {
-    const tag = (error as { readonly _tag?: unknown })._tag
-    return { type: typeof tag === "string" ? tag : error.name, message: error.message }
+  if (typeof error === "object" && error !== null && "message" in error) {
+    const { _tag, name, message } = error as { readonly _tag?: unknown; readonly name?: unknown; readonly message: unknown }
+    return {
+      type: typeof _tag === "string" ? _tag : typeof name === "string" ? name : "Error",
+      message: String(message)
+    }
   }
   return { type: "Error", message: String(error) }
 }
@@ -205,7 +209,18 @@ export const episodeMachine = setup({
     running: {
       initial: "pending",
       after: {
-        episodeTimeout: { target: "done", actions: { type: "finish", params: { reason: "timeout" } } }
+        episodeTimeout: {
+          target: "done",
+          actions: [
+            { type: "finish", params: { reason: "timeout" } },
+            {
+              type: "recordError",
+              params: ({ context }) => ({
+                error: { _tag: "EpisodeTimeout", message: `the episode ran longer than its ${context.input.limits.timeoutMs} ms limit` }
+              })
+            }
+          ]
+        }
       },
       on: {
         INTERRUPT: { target: "done", actions: { type: "finish", params: { reason: "interrupted" } } }

@@ -1,7 +1,7 @@
 /**
  * The Engine runs episodes over a stream of dataset rows: `samplesPerRow` episodes per row (a GRPO group),
  * at most `concurrency` at once, each supervised by Episode.run. Every row yields exactly one trajectory per
- * sample, whatever goes wrong in it. Trajectories leave through a bounded buffer, so a slow consumer (a
+ * sample, whatever goes wrong in it; only a stopped run leaves rows (and the rest of a group) unstarted. Trajectories leave through a bounded buffer, so a slow consumer (a
  * disk, the trainer) holds back new episodes instead of piling records up in memory.
  */
 import { Context, Deferred, Effect, Layer, Stream } from "effect"
@@ -87,7 +87,9 @@ const make = (options: EngineOptions) =>
           { concurrency: options.concurrency, unordered: true }
         ),
         Stream.filter((trajectory): trajectory is Trajectory => trajectory !== undefined),
-        Stream.buffer({ capacity: options.bufferCapacity })
+        // Stream.buffer hands the consumer its whole queue at once and refills behind it, so a queue of half
+        // the capacity keeps the records waiting for the consumer within bufferCapacity (plus the one in hand).
+        Stream.buffer({ capacity: Math.max(1, Math.ceil(options.bufferCapacity / 2)) })
       )
     }
 

@@ -4,22 +4,15 @@
  * slow consumer; and a gentle stop mid-run.
  */
 import { assert, layer } from "@effect/vitest"
-import { Deferred, Effect, Stream } from "effect"
+import { Deferred, Effect, Exit, Fiber, Option, Stream } from "effect"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine, type EngineOptions } from "../src/Engine.ts"
 import { define, type Environment } from "../src/Environment.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
+import { mulberry32 } from "../src/Seed.ts"
 import type { TextPolicy, TextPolicyInput } from "../src/TextPolicy.ts"
 import * as Trajectory from "../src/Trajectory.ts"
 import { limits, policyLayer, sampling } from "./support.ts"
-
-/** A small seeded PRNG (mulberry32), so the mix of failures is the same every run. */
-const prng = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0
-  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 const never = <A>(): Promise<A> => new Promise<A>(() => {})
@@ -48,11 +41,16 @@ const instances = () => {
   }
 }
 
-/** Done after two steps, paying 1 each; sleeps a little (seeded) so episodes finish out of order. */
-const healthy = (delayMs: number): Environment => {
+/**
+ * Done after two steps, paying 1 each. Each call first sleeps the row's `delay` (ms, default 0), so that
+ * episodes finish out of order.
+ */
+const healthy = (): Environment => {
   let steps = 0
+  let delayMs = 0
   return {
-    reset: async () => {
+    reset: async ({ row }) => {
+      delayMs = Number(row.extra_info.interaction_kwargs["delay"] ?? 0)
       await sleep(delayMs)
       return { observation: "Start." }
     },
@@ -90,11 +88,13 @@ const failing = (kind: Failure): Environment => ({
   }
 })
 
+const hangMs = 200
+
 const expectedMessage: Record<Failure, RegExp> = {
   "throws-in-reset": /reset threw: reset exploded/,
   "throws-in-step": /step threw: step exploded/,
-  hangs: /step did not answer within 50 ms/,
-  "hangs-politely": /step did not answer within 50 ms/,
+  hangs: /step did not answer within 200 ms/,
+  "hangs-politely": /step did not answer within 200 ms/,
   "reward-nan": /step returned an invalid result.*reward/s,
   "reward-string": /step returned an invalid result.*reward/s,
   "no-done": /step returned an invalid result.*done/s
@@ -106,7 +106,7 @@ const options = (environments: EnvironmentRegistry, overrides: Partial<EngineOpt
   samplesPerRow: 1,
   limits: limits({ maxTurns: 4 }),
   sampling,
-  envCallTimeoutMs: 50,
+  envCallTimeoutMs: 1_000,
   seed: 1,
   bufferCapacity: 16,
   ...overrides
@@ -145,7 +145,8 @@ layer(policyLayer((input) => {
 }), { excludeTestServices: true })("Engine", (it) => {
   it.effect("300 rows at concurrency 64, a third of them failing: one record per row, each ending as it should", () =>
     Effect.gen(function*() {
-      const random = prng(20240601)
+      // Seeded, so the mix of failures is the same every run.
+      const random = mulberry32(20240601)
       const plan = Array.from({ length: 300 }, () =>
         random() < 1 / 3
           ? { kind: failures[Math.floor(random() * failures.length)]!, delay: 0 }
@@ -158,19 +159,18 @@ layer(policyLayer((input) => {
 
       const made = instances()
       const registry = new EnvironmentRegistry()
-        .register(define({ name: "healthy", description: "done after two steps", make: () => made.track(healthy(0)) }))
+        .register(define({ name: "healthy", description: "done after two steps", make: () => made.track(healthy()) }))
       // One definition per failure, so a row names its environment the way a dataset would.
       for (const kind of failures) {
         registry.register(define({ name: kind, description: kind, make: () => made.track(failing(kind)) }))
       }
-      // Healthy rows with a delay get their own definition per delay, to shuffle completion order.
-      for (const delay of [1, 2, 3]) {
-        registry.register(define({ name: `healthy-${delay}`, description: "slow", make: () => made.track(healthy(delay)) }))
-      }
-      const rows = plan.map(({ kind, delay }) => rowFor(kind === "healthy" && delay > 0 ? `healthy-${delay}` : kind))
+      const rows = plan.map(({ kind, delay }) => rowFor(kind, kind === "healthy" ? { delay } : {}))
 
       const started = Date.now()
-      const records = yield* collect(options(registry, { concurrency: 64, bufferCapacity: 32 }), rows)
+      // The env-call limit is wall-clock time on the event loop the engine shares: with 64 episodes tokenizing on
+      // it, a healthy 1 ms call was measured finishing past a 50 ms limit (the loop stalled up to ~120 ms on 2
+      // cores), so the limit here leaves room for that and the hanging environments still cost only 200 ms.
+      const records = yield* collect(options(registry, { concurrency: 64, bufferCapacity: 32, envCallTimeoutMs: hangMs }), rows)
       const elapsed = Date.now() - started
 
       assert.strictEqual(records.length, 300)
@@ -193,13 +193,13 @@ layer(policyLayer((input) => {
       assertRecordsSound(records)
       assert.strictEqual(made.closes.length, 300, "one environment per episode")
       assert.deepStrictEqual(made.closes.filter((n) => n !== 1), [], "every environment closed exactly once")
-      // 64 at a time: the ~33 hanging episodes (50 ms each) overlap instead of queueing.
+      // 64 at a time: the hanging episodes (200 ms each) overlap instead of queueing.
       assert.isBelow(elapsed, 10_000)
     }).pipe(withPolicy(play)))
 
   it.effect("a row naming an unregistered environment yields one env_error record naming it; the run goes on", () =>
     Effect.gen(function*() {
-      const registry = new EnvironmentRegistry().register(define({ name: "ok", description: "", make: () => healthy(0) }))
+      const registry = new EnvironmentRegistry().register(define({ name: "ok", description: "", make: () => healthy() }))
       const records = yield* collect(options(registry), [rowFor("ok"), rowFor("no-such-env"), rowFor("ok")])
       assert.strictEqual(records.length, 3)
       const byId = new Map(records.map((t) => [t.id, t]))
@@ -216,7 +216,7 @@ layer(policyLayer((input) => {
 
   it.effect("samplesPerRow 4: four records per row sharing group_id and the env seed, with distinct ids and sampling seeds", () =>
     Effect.gen(function*() {
-      const registry = new EnvironmentRegistry().register(define({ name: "ok", description: "", make: () => healthy(0) }))
+      const registry = new EnvironmentRegistry().register(define({ name: "ok", description: "", make: () => healthy() }))
       const rows = [rowFor("ok"), rowFor("ok", {}, { group_id: "prompt-b", seed: 99 }), rowFor("ok")]
       const records = yield* collect(options(registry, { samplesPerRow: 4, concurrency: 5 }), rows)
       assert.strictEqual(records.length, 12)
@@ -237,37 +237,60 @@ layer(policyLayer((input) => {
       assertRecordsSound(records)
     }).pipe(withPolicy(play)))
 
-  it.effect("backpressure: a slow consumer holds back new episodes", () =>
+  /** 40 quick episodes through an engine whose consumer takes 20 ms per record; counts what runs ahead of it. */
+  const slowConsumer = (concurrency: number, bufferCapacity: number) =>
     Effect.gen(function*() {
       let started = 0
+      let finished = 0
       let consumed = 0
-      let mostOutstanding = 0
+      let mostStarted = 0
+      let mostFinished = 0
       const registry = new EnvironmentRegistry().register(define({
         name: "counted",
         description: "",
         make: (): Environment => ({
           reset: () => {
             started++
-            mostOutstanding = Math.max(mostOutstanding, started - consumed)
+            mostStarted = Math.max(mostStarted, started - consumed)
             return {}
           },
-          step: () => ({ observation: "bye", reward: 1, done: true })
+          step: () => {
+            finished++
+            mostFinished = Math.max(mostFinished, finished - consumed)
+            return { observation: "bye", reward: 1, done: true }
+          }
         })
       }))
-      const concurrency = 4
-      const bufferCapacity = 4
-      const engine = Engine.layer(options(registry, { concurrency, bufferCapacity }))
       const total = yield* Effect.gen(function*() {
         const engine = yield* Engine
         return yield* engine.run(Stream.fromIterable(Array.from({ length: 40 }, () => rowFor("counted")))).pipe(
-          Stream.mapEffect(() =>
-            Effect.sleep(20).pipe(Effect.andThen(Effect.sync(() => ++consumed))), { concurrency: 1 }),
+          Stream.mapEffect(() => Effect.sleep(20).pipe(Effect.andThen(Effect.sync(() => ++consumed))), { concurrency: 1 }),
           Stream.runCount
         )
-      }).pipe(Effect.provide(engine))
+      }).pipe(Effect.provide(Engine.layer(options(registry, { concurrency, bufferCapacity }))))
       assert.strictEqual(total, 40)
       assert.strictEqual(started, 40)
-      assert.isAtMost(mostOutstanding, concurrency + bufferCapacity + 4, `at most ${mostOutstanding} episodes ahead of the consumer`)
+      return { mostStarted, mostFinished }
+    })
+
+  it.effect("backpressure: a slow consumer holds back new episodes", () =>
+    Effect.gen(function*() {
+      const { mostStarted } = yield* slowConsumer(4, 4)
+      // Without backpressure all 40 quick episodes would start long before the consumer (20 ms each) took the
+      // 10th. The bound allows every stage its share: 4 running, the buffer's 4 twice over (see below), the
+      // consumer's one, and a record on its way.
+      assert.isAtMost(mostStarted, 4 + 2 * 4 + 2, `${mostStarted} episodes started ahead of the consumer`)
+    }).pipe(withPolicy(play)))
+
+  // EngineOptions.bufferCapacity promises "finished trajectories waiting for the consumer, at most". Stream.buffer
+  // in effect 4 hands the consumer everything queued in one chunk (Queue.takeAll) and refills behind it, so a
+  // consumer that handles one record at a time has up to 2 x bufferCapacity finished records waiting on it.
+  it.effect("bufferCapacity bounds the finished trajectories waiting for a slow consumer", () =>
+    Effect.gen(function*() {
+      const bufferCapacity = 8
+      const { mostFinished } = yield* slowConsumer(1, bufferCapacity)
+      // The buffer's capacity, the one finished episode waiting to enter it, the one the consumer holds.
+      assert.isAtMost(mostFinished, bufferCapacity + 2, `${mostFinished} finished records waiting for the consumer`)
     }).pipe(withPolicy(play)))
 
   it.effect("stop: completing it mid-run admits no more rows; in-flight episodes end interrupted, are emitted, and the stream completes", () =>
@@ -309,5 +332,101 @@ layer(policyLayer((input) => {
       assert.strictEqual(new Set(records.map((t) => t.id)).size, records.length)
       assert.deepStrictEqual(made.closes.filter((n) => n !== 1), [])
       assertRecordsSound(records)
+    }).pipe(withPolicy(play)))
+
+  it.effect("stop while the row source is blocked: the run still completes with the in-flight episodes", () =>
+    Effect.gen(function*() {
+      const stop = yield* Deferred.make<void>()
+      const made = instances()
+      const registry = new EnvironmentRegistry().register(define({
+        name: "endless",
+        description: "",
+        make: () => made.track({ reset: () => ({}), step: (_, { signal }) => untilAborted(signal) })
+      }))
+      // Two rows, then a dataset that never yields another (a stalled reader, a live queue).
+      const rows = Stream.concat(Stream.fromIterable([rowFor("endless"), rowFor("endless")]), Stream.never)
+      const fiber = yield* Effect.gen(function*() {
+        const engine = yield* Engine
+        return yield* Stream.runCollect(engine.run(rows, { stop }))
+      }).pipe(Effect.provide(Engine.layer(options(registry, { concurrency: 4, envCallTimeoutMs: 30_000 }))), Effect.forkChild)
+      while (made.closes.length < 2) yield* Effect.sleep(5)
+      yield* Deferred.succeed(stop, undefined)
+      const records = yield* Fiber.join(fiber).pipe(
+        Effect.timeoutOrElse({ duration: 3_000, orElse: () => Effect.die(new Error("the stream did not complete after stop")) })
+      )
+      assert.deepStrictEqual(records.map((t) => t.finishReason), ["interrupted", "interrupted"])
+      assert.deepStrictEqual(made.closes, [1, 1])
+    }).pipe(withPolicy(play)))
+
+  it.effect("a consumer that stops early (take 5) interrupts the rest, and every environment is closed once", () =>
+    Effect.gen(function*() {
+      const made = instances()
+      const stepSignals: Array<AbortSignal> = []
+      const registry = new EnvironmentRegistry()
+        .register(define({ name: "quick", description: "", make: () => made.track(healthy()) }))
+        .register(define({
+          name: "endless",
+          description: "",
+          make: () =>
+            made.track({
+              reset: () => ({}),
+              step: (_, { signal }) => {
+                stepSignals.push(signal)
+                return never()
+              }
+            })
+        }))
+      const rows = Array.from({ length: 50 }, (_, i) => rowFor(i % 2 === 0 ? "quick" : "endless"))
+      const records = yield* Effect.gen(function*() {
+        const engine = yield* Engine
+        return yield* Stream.runCollect(engine.run(Stream.fromIterable(rows)).pipe(Stream.take(5)))
+      }).pipe(
+        Effect.provide(Engine.layer(options(registry, { concurrency: 16, envCallTimeoutMs: 30_000 }))),
+        Effect.timeoutOrElse({ duration: 5_000, orElse: () => Effect.die(new Error("take(5) did not end the run")) })
+      )
+      assert.strictEqual(records.length, 5)
+      assert.isTrue(records.every((t) => t.finishReason === "done"))
+      assert.isAbove(stepSignals.length, 0)
+      assert.isTrue(stepSignals.every((signal) => signal.aborted), "in-flight steps are aborted")
+      assert.deepStrictEqual(made.closes.filter((n) => n !== 1), [], "every environment made is closed exactly once")
+    }).pipe(withPolicy(play)))
+
+  it.effect("a dataset that fails mid-run fails the run; the episodes in flight end first and every environment is closed once", () =>
+    Effect.gen(function*() {
+      const made = instances()
+      const stepSignals: Array<AbortSignal> = []
+      const registry = new EnvironmentRegistry().register(define({
+        name: "endless",
+        description: "",
+        make: () =>
+          made.track({
+            reset: () => ({}),
+            step: (_, { signal }) => {
+              stepSignals.push(signal)
+              return untilAborted(signal)
+            }
+          })
+      }))
+      const rows = Stream.concat(
+        Stream.fromIterable([rowFor("endless"), rowFor("endless"), rowFor("endless")]),
+        Stream.fromEffect(Effect.sleep(50).pipe(Effect.andThen(Effect.fail("line 4 is not JSON" as const))))
+      )
+      const emitted: Array<Trajectory.Trajectory> = []
+      const exit = yield* Effect.gen(function*() {
+        const engine = yield* Engine
+        return yield* Stream.runForEach(engine.run(rows), (t) => Effect.sync(() => emitted.push(t)))
+      }).pipe(
+        Effect.provide(Engine.layer(options(registry, { concurrency: 4, envCallTimeoutMs: 30_000, limits: limits({ timeoutMs: 300 }) }))),
+        Effect.timeoutOrElse({ duration: 5_000, orElse: () => Effect.die(new Error("the run hung on the dataset error")) }),
+        Effect.exit
+      )
+      assert.deepStrictEqual(Exit.findErrorOption(exit), Option.some("line 4 is not JSON"))
+      // The three admitted episodes were stopped (here by their 300 ms limit) and closed; whatever was emitted
+      // before the failure is a sound record.
+      assert.strictEqual(stepSignals.length, 3)
+      assert.isTrue(stepSignals.every((signal) => signal.aborted))
+      assert.deepStrictEqual(made.closes, [1, 1, 1])
+      assert.isAtMost(emitted.length, 3)
+      assertRecordsSound(emitted)
     }).pipe(withPolicy(play)))
 })

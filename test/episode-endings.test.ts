@@ -116,7 +116,8 @@ const assertEnding = (
 
 const envError = (message: RegExp) => ({ type: "EnvironmentError", message })
 
-const texts = [
+/** Actions that are easy to get wrong at a token boundary: whitespace, multi-byte text, empty, tag-like text. */
+const trickyActions = [
   "  leading and trailing spaces  ",
   "ünïcödé 🚀 and 中文",
   "line one\nline two\n\n",
@@ -182,6 +183,47 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
       assert.include(tokenizer.decode(t.responseIds), "observation 1")
     }).pipe(withPolicy(say((turn) => `step ${turn}`))))
 
+  it.effect("zero limits end the episode before the policy is asked", () =>
+    Effect.gen(function*() {
+      let asked = 0
+      const policy: TextPolicy = () => {
+        asked++
+        return "never"
+      }
+      for (const [overrides, reason] of [[{ maxTurns: 0 }, "max_turns"], [{ maxResponseTokens: 0 }, "max_tokens"]] as const) {
+        const probe = newProbe()
+        const t = yield* Episode.run(spec(probed(probe), withLimits(overrides))).pipe(withPolicy(policy))
+        assertEnding(t, probe, { reason })
+        assert.strictEqual(t.numTurns, 0)
+        assert.deepStrictEqual(t.responseIds, [])
+        assert.isAbove(t.promptIds.length, 0, "the prompt was rendered")
+      }
+      assert.strictEqual(asked, 0)
+    }))
+
+  it.effect("a turn cut at maxNewTokens is sent as cut, and the observation's tokens close it (mask 0)", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const probe = newProbe()
+      const long = "one two three four five six seven eight nine ten"
+      const t = yield* Episode.run(spec(probed(probe, {
+        step: (_, __, turn) => ({ observation: "shorter please", reward: 0, done: turn === 1 })
+      }), withLimits({ maxNewTokens: 4 })))
+      assertEnding(t, probe, { reason: "done" })
+      const cut = tokenizer.decode(tokenizer.encode(long).slice(0, 4))
+      assert.deepStrictEqual(probe.actions, [cut, cut])
+      // The whole context reads as a well-formed chat: the cut turn is closed by the template, not left open.
+      const first = t.turns[0]!
+      assert.strictEqual(first.tokenEnd - first.tokenStart, 4)
+      const closing = t.responseIds[first.tokenEnd]!
+      assert.include(tokenizer.stopTokenIds, closing)
+      assert.strictEqual(t.responseMask[first.tokenEnd], 0)
+      assert.include(
+        tokenizer.decode([...t.promptIds, ...t.responseIds], { skipSpecialTokens: false }),
+        `<|im_start|>assistant\n${cut}<|im_end|>\n<|im_start|>user\nshorter please<|im_end|>\n<|im_start|>assistant\n${cut}`
+      )
+    }).pipe(withPolicy(say(() => "one two three four five six seven eight nine ten"))))
+
   it.effect("max_tokens: a turn that uses up the budget ends the episode before the environment sees it", () =>
     Effect.gen(function*() {
       const probe = newProbe()
@@ -233,7 +275,7 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
         withPolicy(policy)
       )
       const elapsed = Date.now() - started
-      assertEnding(t, probe, { reason: "timeout" })
+      assertEnding(t, probe, { reason: "timeout", error: { type: "EpisodeTimeout", message: /ran longer than its \d+ ms limit/ } })
       assert.isBelow(elapsed, 2_000, "the episode does not wait for the hung policy")
       assert.strictEqual(t.numTurns, 1)
       assert.strictEqual(signals.length, 2)
@@ -246,7 +288,7 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
       const t = yield* Episode.run(spec(probed(probe, {
         step: (_, options) => untilAborted(options.signal)
       }), { ...withLimits({ timeoutMs: 150 }), envCallTimeoutMs: 10_000 }))
-      assertEnding(t, probe, { reason: "timeout" })
+      assertEnding(t, probe, { reason: "timeout", error: { type: "EpisodeTimeout", message: /ran longer than its \d+ ms limit/ } })
       assert.strictEqual(probe.stepSignals.length, 1)
       assert.isTrue(probe.stepSignals[0]!.aborted)
       assert.strictEqual(t.numTurns, 1)
@@ -259,7 +301,7 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
         ...withLimits({ timeoutMs: 120 }),
         envCallTimeoutMs: 10_000
       }))
-      assertEnding(t, probe, { reason: "timeout" })
+      assertEnding(t, probe, { reason: "timeout", error: { type: "EpisodeTimeout", message: /ran longer than its \d+ ms limit/ } })
       assert.isTrue(probe.resetSignals[0]!.aborted)
       assert.strictEqual(t.numTurns, 0)
     }).pipe(withPolicy(say(() => "unused"))))
@@ -428,17 +470,28 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
     Effect.gen(function*() {
       const probe = newProbe()
       const inStep = latch()
-      const fiber = yield* Effect.forkChild(Episode.run(spec(probed(probe, {
-        step: () => {
-          inStep.open()
-          return never()
+      let stepAbortedAtClose: boolean | undefined
+      const fiber = yield* Effect.forkChild(Episode.run(spec(() => {
+        const environment = probed(probe, {
+          step: () => {
+            inStep.open()
+            return never()
+          }
+        })()
+        return {
+          ...environment,
+          close: () => {
+            stepAbortedAtClose = probe.stepSignals[0]?.aborted
+            return environment.close?.()
+          }
         }
-      }), { envCallTimeoutMs: 10_000 })))
+      }, { envCallTimeoutMs: 10_000 })))
       yield* inStep.wait
       yield* Fiber.interrupt(fiber).pipe(Effect.timeout(2_000))
       const exit = yield* Fiber.await(fiber)
       assert.isTrue(Exit.hasInterrupts(exit))
       assert.isTrue(probe.stepSignals[0]!.aborted)
+      assert.isTrue(stepAbortedAtClose, "the step is aborted before the environment is closed")
       assert.strictEqual(probe.closes, 1)
       yield* Effect.sleep(50)
       assert.strictEqual(probe.closes, 1, "close is not called again later")
@@ -490,10 +543,10 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
       const tokenizer = yield* Tokenizer
       const probe = newProbe()
       const t = yield* Episode.run(spec(probed(probe, {
-        step: (_, __, turn) => ({ observation: `obs ${turn}`, reward: 0, done: turn === texts.length - 1 })
+        step: (_, __, turn) => ({ observation: `obs ${turn}`, reward: 0, done: turn === trickyActions.length - 1 })
       })))
       assertEnding(t, probe, { reason: "done" })
-      assert.strictEqual(probe.actions.length, texts.length)
+      assert.strictEqual(probe.actions.length, trickyActions.length)
       // Maximal runs of mask 1.
       const spans: Array<[number, number]> = []
       for (let i = 0; i < t.responseMask.length; i++) {
@@ -513,5 +566,5 @@ layer(policyLayer((input) => currentPolicy(input)), { excludeTestServices: true 
         at = turn.tokenEnd
       }
       assert.strictEqual(at, t.responseIds.length)
-    }).pipe(withPolicy(say((turn) => texts[turn]!))))
+    }).pipe(withPolicy(say((turn) => trickyActions[turn]!))))
 })

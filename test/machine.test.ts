@@ -118,6 +118,7 @@ describe("the episode machine", () => {
     })
     const t = await toPromise(createActor(machine, { input: input({ timeoutMs: 30 }) }).start())
     expect(t.finishReason).toBe("timeout")
+    expect(t.error).toEqual({ type: "EpisodeTimeout", message: "the episode ran longer than its 30 ms limit" })
   })
 
   it("records the error of a failed actor with its tag", async () => {
