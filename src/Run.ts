@@ -80,6 +80,15 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
   for (const definition of config.environments ?? []) registry.register(definition)
   return Effect.gen(function*() {
     const inference = yield* inferenceFor(experiment, config)
+    if (experiment.dataset !== undefined) {
+      // Refuse bad data before the first episode, naming every bad row, rather than fail halfway through.
+      const problems = yield* Dataset.validateRows(experiment.dataset)
+      if (problems.length > 0) {
+        const shown = problems.slice(0, 10).map((problem) => problem.message)
+        if (problems.length > shown.length) shown.push(`... and ${problems.length - shown.length} more`)
+        return yield* new ExperimentError({ message: `${problems.length} bad row(s), nothing was run:\n  ${shown.join("\n  ")}` })
+      }
+    }
     const rows = yield* Effect.try({
       try: () => rowsFor(experiment, registry),
       catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })

@@ -81,7 +81,15 @@ export default defineExperiment({ name: "bad", model: "m", environment: { name: 
       { prompt: [{ role: "user", content: "What is 4 * 4?" }], extra_info: { interaction_kwargs: { name: "arithmetic", ground_truth: "16" } } }
     ]
     writeFileSync(path.join(dir, "good.jsonl"), rows.map((r) => JSON.stringify(r)).join("\n") + "\n")
-    writeFileSync(path.join(dir, "bad.jsonl"), [JSON.stringify(rows[0]), JSON.stringify({ prompt: [], extra_info: { interaction_kwargs: {} } })].join("\n") + "\n")
+    writeFileSync(
+      path.join(dir, "bad.jsonl"),
+      [
+        JSON.stringify(rows[0]),
+        JSON.stringify({ prompt: [], extra_info: { interaction_kwargs: {} } }),
+        JSON.stringify(rows[1]),
+        "{not json"
+      ].join("\n") + "\n"
+    )
     const experiment = (name: string, dataset: string) => `import { defineExperiment } from ${JSON.stringify(index)}
 export default defineExperiment({
   name: ${JSON.stringify(name)},
@@ -102,7 +110,10 @@ export default defineExperiment({
 
     const bad = await episodic(["run", path.join(dir, "bad.ts")], dir)
     expect(bad.code).toBe(1)
+    expect(bad.stderr).toContain("2 bad row(s), nothing was run")
     expect(bad.stderr).toContain(`${path.join(dir, "bad.jsonl")} line 2: field "extra_info.interaction_kwargs.name"`)
+    expect(bad.stderr).toContain(`${path.join(dir, "bad.jsonl")} line 4: invalid JSON`)
+    expect(existsSync(path.join(dir, "runs", "bad"))).toBe(false)
   })
 
   it("on Ctrl-C ends running episodes as interrupted, writes them whole, and exits 130", async () => {
