@@ -7,7 +7,7 @@
  * the actor, which aborts whatever it was doing. Whatever an environment or the policy does, `run` succeeds
  * with exactly one trajectory; the environment is closed exactly once.
  */
-import { Deferred, Effect, FiberSet, Option, Schema } from "effect"
+import { Deferred, Effect, FiberSet } from "effect"
 import { createActor, fromPromise, type InspectionEvent } from "xstate"
 import {
   episodeMachine,
@@ -19,12 +19,8 @@ import {
   type ResetOutput
 } from "../machines/episode.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
-import {
-  type Environment,
-  EnvironmentError,
-  ResetResultSchema,
-  StepResultSchema
-} from "./Environment.ts"
+import * as EnvironmentActor from "../actors/environment/index.ts"
+import { type Environment, EnvironmentError, type ResetResultSchema } from "./Environment.ts"
 import { GenerationRequest, InferenceError, SamplingParams } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import type { Message } from "./Message.ts"
@@ -50,27 +46,6 @@ export interface EpisodeSpec {
 
 const message = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
-/** Calls the environment with a time limit and checks what it returns against a schema. */
-const callEnvironment = <S extends Schema.Top>(
-  what: string,
-  timeoutMs: number,
-  schema: S,
-  call: (signal: AbortSignal) => unknown
-): Effect.Effect<S["Type"], EnvironmentError, S["DecodingServices"]> =>
-  Effect.tryPromise({
-    try: async (signal) => call(signal),
-    catch: (cause) => new EnvironmentError({ message: `${what} threw: ${message(cause)}` })
-  }).pipe(
-    Effect.timeoutOption(timeoutMs),
-    Effect.flatMap(Option.match({
-      onNone: () => Effect.fail(new EnvironmentError({ message: `${what} did not answer within ${timeoutMs} ms` })),
-      onSome: (raw) =>
-        Schema.decodeUnknownEffect(schema)(raw).pipe(
-          Effect.mapError((issue) => new EnvironmentError({ message: `${what} returned an invalid result: ${issue.message}` }))
-        )
-    }))
-  )
-
 /** The first turn: system prompt, the row's prompt, the first observation. */
 const firstTurn = (
   row: DatasetRow,
@@ -93,31 +68,15 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
   const inference = yield* Inference
   const tokenizer = yield* Tokenizer
   const runPromise = yield* FiberSet.makeRuntimePromise()
-  const timeoutMs = spec.envCallTimeoutMs
-  let environment: Environment | undefined
+  let environment: EnvironmentActor.EnvironmentActor | undefined
 
-  // Registered first so it runs last, after the actor has stopped: close is called exactly once.
-  yield* Effect.addFinalizer(() =>
-    environment?.close === undefined
-      ? Effect.void
-      : callEnvironment("close", timeoutMs, Schema.Unknown, () => environment?.close?.()).pipe(
-        Effect.catch((error) => Effect.logWarning(`episode ${spec.input.id}: ${error.message}`))
-      )
-  )
+  // Registered first so it runs last, after the actor has stopped and aborted whatever was in flight.
+  yield* Effect.addFinalizer(() => environment?.close ?? Effect.void)
 
   const reset = (input: EpisodeInput) =>
     Effect.gen(function*() {
-      environment = yield* Effect.try({
-        try: () => spec.makeEnvironment(),
-        catch: (cause) => new EnvironmentError({ message: `could not make environment "${input.interaction}": ${message(cause)}` })
-      })
-      const env = environment
-      const result = yield* callEnvironment(
-        "reset",
-        timeoutMs,
-        ResetResultSchema,
-        (signal) => env.reset({ seed: input.seed, row: spec.row, signal })
-      )
+      environment = yield* EnvironmentActor.make(input.interaction, spec.makeEnvironment, spec.envCallTimeoutMs)
+      const result = yield* environment.reset({ seed: input.seed, row: spec.row })
       const messages = yield* firstTurn(spec.row, result)
       const promptIds = yield* Effect.try({
         try: () => tokenizer.renderPrompt(messages),
@@ -157,13 +116,7 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
 
   const interact = (input: InteractInput) =>
     Effect.gen(function*() {
-      const env = environment!
-      const result = yield* callEnvironment(
-        "step",
-        timeoutMs,
-        StepResultSchema,
-        (signal) => env.step(input.action, { signal })
-      )
+      const result = yield* environment!.step(input.action)
       const observationIds = result.done
         ? []
         : yield* Effect.try({

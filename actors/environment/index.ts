@@ -1,0 +1,68 @@
+/**
+ * The local environment actor: one environment instance behind the guards every episode relies on. Each
+ * call gets the caller's AbortSignal (interruption reaches the environment) and a time limit; whatever comes
+ * back is checked against the protocol's schemas; a throw, a hang or garbage becomes an EnvironmentError
+ * whose message names the call and the problem. `close` runs at most once and never fails.
+ */
+import { Effect, Option, Schema } from "effect"
+import type { DatasetRow } from "../../src/DatasetRow.ts"
+import {
+  type Environment,
+  EnvironmentError,
+  ResetResultSchema,
+  StepResultSchema
+} from "../../src/Environment.ts"
+
+export interface EnvironmentActor {
+  reset(options: { readonly seed: number; readonly row: DatasetRow }): Effect.Effect<typeof ResetResultSchema.Type, EnvironmentError>
+  step(action: string): Effect.Effect<typeof StepResultSchema.Type, EnvironmentError>
+  /** Closes the environment once; later calls do nothing. A failing close is logged, not raised. */
+  readonly close: Effect.Effect<void>
+}
+
+const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/** Calls the environment with a time limit and checks what it returns against a schema. */
+const call = <S extends Schema.Top>(
+  what: string,
+  timeoutMs: number,
+  schema: S,
+  run: (signal: AbortSignal) => unknown
+): Effect.Effect<S["Type"], EnvironmentError, S["DecodingServices"]> =>
+  Effect.tryPromise({
+    try: async (signal) => run(signal),
+    catch: (cause) => new EnvironmentError({ message: `${what} threw: ${describe(cause)}` })
+  }).pipe(
+    Effect.timeoutOption(timeoutMs),
+    Effect.flatMap(Option.match({
+      onNone: () => Effect.fail(new EnvironmentError({ message: `${what} did not answer within ${timeoutMs} ms` })),
+      onSome: (raw) =>
+        Schema.decodeUnknownEffect(schema)(raw).pipe(
+          Effect.mapError((issue) => new EnvironmentError({ message: `${what} returned an invalid result: ${issue.message}` }))
+        )
+    }))
+  )
+
+/** Makes the environment (a throwing factory is an EnvironmentError naming it) and guards it. */
+export const make = (
+  name: string,
+  makeEnvironment: () => Environment,
+  callTimeoutMs: number
+): Effect.Effect<EnvironmentActor, EnvironmentError> =>
+  Effect.try({
+    try: makeEnvironment,
+    catch: (cause) => new EnvironmentError({ message: `could not make environment "${name}": ${describe(cause)}` })
+  }).pipe(Effect.map((environment): EnvironmentActor => {
+    let closed = false
+    return {
+      reset: ({ seed, row }) => call("reset", callTimeoutMs, ResetResultSchema, (signal) => environment.reset({ seed, row, signal })),
+      step: (action) => call("step", callTimeoutMs, StepResultSchema, (signal) => environment.step(action, { signal })),
+      close: Effect.suspend(() => {
+        if (closed || environment.close === undefined) return Effect.void
+        closed = true
+        return call("close", callTimeoutMs, Schema.Unknown, () => environment.close?.()).pipe(
+          Effect.catch((error) => Effect.logWarning(`environment "${name}": ${error.message}`))
+        )
+      })
+    }
+  }))
