@@ -91,7 +91,10 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
     }
     const rows = yield* Effect.try({
       try: () => rowsFor(experiment, registry),
-      catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })
+      catch: (cause) =>
+        cause instanceof ExperimentError
+          ? cause
+          : new ExperimentError({ message: cause instanceof Error ? cause.message : String(cause) })
     })
     const engine = Engine.layer({
       environments: registry,

@@ -38,6 +38,15 @@ const readRecords = (file: string) => {
 const workdir = () => mkdtempSync(path.join(tmpdir(), "episodic-cli-"))
 
 describe("episodic run", () => {
+  it("--help explains every flag and exits 0", async () => {
+    const result = await episodic(["run", "--help"])
+    expect(result.code).toBe(0)
+    for (const flag of ["--episodes", "--concurrency", "--seed", "--out", "--name"]) {
+      expect(result.stdout).toMatch(new RegExp(`${flag} \\w+ +\\S`))
+    }
+    expect(result.stdout).toContain("default: experiments/grid-quest.ts")
+  })
+
   it("runs an experiment file and writes one record per episode plus a summary", async () => {
     const out = workdir()
     const result = await episodic(["run", "experiments/grid-quest-solver.ts", "--episodes", "30", "--out", out, "--name", "solver"])

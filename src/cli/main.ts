@@ -6,8 +6,8 @@
  * whole, the summary is written, and the process exits 130. A second Ctrl-C exits at once.
  */
 import { NodeServices } from "@effect/platform-node"
-import { Cause, Console, Deferred, Effect, Exit, Option } from "effect"
-import { Argument, Command, Flag } from "effect/cli"
+import { Cause, Console, Deferred, Effect, Exit, Option, Runtime } from "effect"
+import { Argument, CliError, Command, Flag } from "effect/cli"
 import { existsSync } from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
@@ -117,12 +117,16 @@ const program = Command.run(episodic, { version: "0.1.0" }).pipe(Effect.provide(
 
 const exit = await Effect.runPromiseExit(program)
 if (Exit.isFailure(exit)) {
-  const failure = Cause.findErrorOption(exit.cause)
-  // Expected failures (bad experiment, bad dataset row, missing tokenizer) are one line that names the problem.
-  if (Option.isSome(failure) && failure.value instanceof Error) {
-    console.error(`episodic: ${failure.value.message}`)
+  const failure = Option.getOrUndefined(Cause.findErrorOption(exit.cause))
+  if (CliError.isCliError(failure)) {
+    // effect/cli has already shown the help or the bad flag; `--help` alone is a success.
+    process.exitCode = (failure as { readonly [Runtime.errorExitCode]?: number })[Runtime.errorExitCode] ?? 1
+  } else if (failure instanceof Error) {
+    // Expected failures (bad experiment, bad dataset rows, missing tokenizer) are a line that names the problem.
+    console.error(`episodic: ${failure.message}`)
+    process.exitCode = 1
   } else if (!Cause.hasInterruptsOnly(exit.cause)) {
     console.error(Cause.pretty(exit.cause))
+    process.exitCode = 1
   }
-  process.exitCode = 1
 }
