@@ -68,6 +68,7 @@ export interface InteractInput {
 
 export interface InteractOutput {
   readonly observation: string
+  readonly role: "user" | "tool"
   readonly reward: number
   readonly done: boolean
   /** The template's tokens for the observation as the next user turn, generation prompt included. */
@@ -170,12 +171,12 @@ export const episodeMachine = setup({
     recordObservation: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
       const ids = params.appendTokens ? params.output.observationIds : []
       return {
-        messages: [...context.messages, { role: "user" as const, content: params.output.observation }],
+        messages: [...context.messages, { role: params.output.role, content: params.output.observation }],
         responseIds: [...context.responseIds, ...ids],
         responseMask: [...context.responseMask, ...ids.map(() => 0 as const)],
         responseLogprobs: [...context.responseLogprobs, ...ids.map(() => 0)],
         turns: [...context.turns, {
-          role: "user" as const,
+          role: params.output.role,
           text: params.output.observation,
           tokenStart: context.responseIds.length,
           tokenEnd: context.responseIds.length + ids.length,

@@ -36,8 +36,10 @@ export interface ResetResult {
 }
 
 export interface StepResult {
-  /** What the environment says back; becomes the next user turn unless the episode is done. */
+  /** What the environment says back; becomes the next turn unless the episode is done. */
   readonly observation: string
+  /** The observation's role in the chat template: "user" (the default), or "tool" for a tool's response. */
+  readonly role?: "user" | "tool"
   readonly reward: number
   readonly done: boolean
   readonly info?: Record<string, unknown>
@@ -77,6 +79,7 @@ export const ResetResultSchema = Schema.Struct({
 
 export const StepResultSchema = Schema.Struct({
   observation: Schema.String,
+  role: Schema.optional(Schema.Literals(["user", "tool"])),
   reward: Schema.Finite,
   done: Schema.Boolean,
   info: Schema.optional(Schema.Record(Schema.String, Schema.Unknown))

@@ -117,13 +117,14 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
   const interact = (input: InteractInput) =>
     Effect.gen(function*() {
       const result = yield* environment!.step(input.action)
+      const role = result.role ?? "user"
       const observationIds = result.done
         ? []
         : yield* Effect.try({
-          try: () => tokenizer.appendMessage({ role: "user", content: result.observation }, input.assistantIds),
+          try: () => tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds),
           catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${message(cause)}` })
         })
-      return { observation: result.observation, reward: result.reward, done: result.done, observationIds } satisfies InteractOutput
+      return { observation: result.observation, role, reward: result.reward, done: result.done, observationIds } satisfies InteractOutput
     })
 
   const machine = episodeMachine.provide({

@@ -42,6 +42,7 @@ const host = (options: { readonly doneAfter?: number; readonly observationTokens
         steps++
         return {
           observation: `o${input.turn}`,
+          role: "user" as const,
           reward: 0.5,
           done: steps === options.doneAfter,
           observationIds: Array.from({ length: options.observationTokens ?? 3 }, () => 7)

@@ -135,3 +135,40 @@ describe("a template that rewrites history (Qwen3 drops earlier reasoning)", () 
       assert.ok(text.includes("#### 41 <|im_end|>\n<|im_start|>user\nWrong (try 1), think again  ✗<|im_end|>\n<|im_start|>assistant\n"))
     }))
 })
+
+describe("tool observations", () => {
+  it.effect("an environment that answers as a tool gets the template's tool turn, with no drift", () =>
+    Effect.gen(function*() {
+      const received: Array<string> = []
+      const calculator: Environment = {
+        reset: () => ({}),
+        step: (action) => {
+          received.push(action)
+          return received.length === 1
+            ? { observation: "{\"result\": 42}", role: "tool", reward: 0, done: false }
+            : { observation: "Correct.", reward: 1, done: true }
+        }
+      }
+      const contexts: Array<ReadonlyArray<number>> = []
+      const layer = recordingPolicy(contexts).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3)))
+      const { t, tokenizer } = yield* Effect.gen(function*() {
+        const tokenizer = yield* Tokenizer
+        const t = yield* Episode.run({
+          input: { id: "tool-0", groupId: "0", interaction: "calculator", seed: 1, limits: limits() },
+          row,
+          makeEnvironment: () => calculator,
+          sampling,
+          sample: 0,
+          envCallTimeoutMs: 5_000
+        })
+        return { t, tokenizer }
+      }).pipe(Effect.provide(layer))
+      assert.strictEqual(t.finishReason, "done")
+      assert.deepStrictEqual(t.messages.map((m) => m.role), ["system", "user", "assistant", "tool", "assistant", "user"])
+      assert.strictEqual(t.turns[1]!.role, "tool")
+      const toolTurn = tokenizer.decode(t.responseIds.slice(t.turns[1]!.tokenStart, t.turns[1]!.tokenEnd), { skipSpecialTokens: false })
+      assert.strictEqual(toolTurn, "\n<|im_start|>user\n<tool_response>\n{\"result\": 42}\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+      assert.deepStrictEqual(contexts[1], [...t.promptIds, ...t.responseIds.slice(0, t.turns[2]!.tokenStart)])
+      assert.strictEqual(tokenizer.decode(t.responseIds.slice(t.turns[2]!.tokenStart, t.turns[2]!.tokenEnd)), received[1])
+    }))
+})

@@ -1,5 +1,5 @@
 /**
- * Environments by name: what a row's `interaction_kwargs.name` or a run's `--env` looks up. The builtins
+ * Environments by name: what a row's `interaction_kwargs.name` or an experiment's `environment.name` looks up. The builtins
  * come ready; users register their own alongside them.
  */
 import type { EnvironmentDefinition } from "../Environment.ts"
