@@ -85,8 +85,6 @@ export interface EpisodeContext {
   readonly responseMask: ReadonlyArray<0 | 1>
   readonly responseLogprobs: ReadonlyArray<number>
   readonly turns: ReadonlyArray<Turn>
-  readonly turnRewards: ReadonlyArray<number>
-  readonly lastAssistantIds: ReadonlyArray<number>
   readonly finishReason: FinishReason
   readonly error: TrajectoryError | null
 }
@@ -115,6 +113,8 @@ const timing = (context: EpisodeContext) => {
 
 const responseBudgetLeft = (context: EpisodeContext) => context.input.limits.maxResponseTokens - context.responseIds.length
 
+const assistantTurns = (context: EpisodeContext) => context.turns.filter((turn) => turn.role === "assistant")
+
 export const episodeMachine = setup({
   types: {
     context: {} as EpisodeContext,
@@ -131,7 +131,7 @@ export const episodeMachine = setup({
     episodeTimeout: ({ context }) => context.input.limits.timeoutMs
   },
   guards: {
-    turnsExhausted: ({ context }) => context.turnRewards.length >= context.input.limits.maxTurns,
+    turnsExhausted: ({ context }) => assistantTurns(context).length >= context.input.limits.maxTurns,
     tokensExhausted: ({ context }) => responseBudgetLeft(context) <= 0
   },
   actions: {
@@ -156,17 +156,12 @@ export const episodeMachine = setup({
         policyVersion: output.policyVersion,
         timing: timing(context)
       }],
-      turnRewards: [...context.turnRewards, 0],
-      lastAssistantIds: output.tokenIds,
       segmentStartedAt: Date.now()
     })),
     // The reward is credited to the assistant turn whose action earned it.
-    recordReward: assign(({ context }, output: InteractOutput) => {
-      const turns = [...context.turns]
-      const last = turns.length - 1
-      turns[last] = { ...turns[last]!, reward: output.reward }
-      return { turns, turnRewards: [...context.turnRewards.slice(0, -1), output.reward] }
-    }),
+    recordReward: assign(({ context }, output: InteractOutput) => ({
+      turns: [...context.turns.slice(0, -1), { ...context.turns.at(-1)!, reward: output.reward }]
+    })),
     // The observation joins the context (mask 0, logprob 0) only when the policy will read it.
     recordObservation: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
       const ids = params.appendTokens ? params.output.observationIds : []
@@ -200,8 +195,6 @@ export const episodeMachine = setup({
     responseMask: [],
     responseLogprobs: [],
     turns: [],
-    turnRewards: [],
-    lastAssistantIds: [],
     finishReason: "interrupted",
     error: null
   }),
@@ -250,7 +243,7 @@ export const episodeMachine = setup({
             src: "generate",
             input: ({ context }) => ({
               episodeId: context.input.id,
-              turn: context.turnRewards.length,
+              turn: assistantTurns(context).length,
               contextIds: [...context.promptIds, ...context.responseIds],
               maxNewTokens: Math.min(context.input.limits.maxNewTokens, responseBudgetLeft(context))
             }),
@@ -278,11 +271,15 @@ export const episodeMachine = setup({
         interacting: {
           invoke: {
             src: "interact",
-            input: ({ context }) => ({
-              turn: context.turnRewards.length - 1,
-              action: context.turns.at(-1)?.text ?? "",
-              assistantIds: context.lastAssistantIds
-            }),
+            input: ({ context }) => {
+              // Entered right after an assistant turn: it is the last turn.
+              const turn = context.turns.at(-1)!
+              return {
+                turn: assistantTurns(context).length - 1,
+                action: turn.text,
+                assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd)
+              }
+            },
             onDone: [
               {
                 guard: ({ event }) => event.output.done,
@@ -333,23 +330,26 @@ export const episodeMachine = setup({
     },
     done: { type: "final" }
   },
-  output: ({ context }) => ({
-    id: context.input.id,
-    groupId: context.input.groupId,
-    interaction: context.input.interaction,
-    messages: context.messages,
-    promptIds: context.promptIds,
-    responseIds: context.responseIds,
-    responseMask: context.responseMask,
-    responseLogprobs: context.responseLogprobs,
-    turns: context.turns,
-    reward: context.turnRewards.reduce((sum, r) => sum + r, 0),
-    turnRewards: context.turnRewards,
-    numTurns: context.turnRewards.length,
-    finishReason: context.finishReason,
-    error: context.error,
-    seed: context.input.seed
-  })
+  output: ({ context }) => {
+    const turnRewards = assistantTurns(context).map((turn) => turn.reward)
+    return {
+      id: context.input.id,
+      groupId: context.input.groupId,
+      interaction: context.input.interaction,
+      messages: context.messages,
+      promptIds: context.promptIds,
+      responseIds: context.responseIds,
+      responseMask: context.responseMask,
+      responseLogprobs: context.responseLogprobs,
+      turns: context.turns,
+      reward: turnRewards.reduce((sum, r) => sum + r, 0),
+      turnRewards,
+      numTurns: turnRewards.length,
+      finishReason: context.finishReason,
+      error: context.error,
+      seed: context.input.seed
+    }
+  }
 })
 
 export type EpisodeMachine = typeof episodeMachine
