@@ -4,10 +4,11 @@
  * sample, whatever goes wrong in it; only a stopped run leaves rows (and the rest of a group) unstarted. Trajectories leave through a bounded buffer, so a slow consumer (a
  * disk, the trainer) holds back new episodes instead of piling records up in memory.
  */
-import { Context, Deferred, Effect, Layer, Stream } from "effect"
+import { Context, Deferred, Effect, Layer, Schema, Stream } from "effect"
 import type { InspectionEvent } from "xstate"
 import type { EpisodeLimits } from "../machines/episode.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
+import { EngineNumbers, firstProblem } from "./EngineSchema.ts"
 import type { Environment } from "./Environment.ts"
 import type { EnvironmentRegistry } from "./environments/registry.ts"
 import * as Episode from "./Episode.ts"
@@ -42,12 +43,18 @@ export class Engine extends Context.Service<Engine, {
   readonly options: EngineOptions
   run<E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R>
 }>()("episodic/Engine") {
-  static readonly layer = (options: EngineOptions): Layer.Layer<Engine, never, Inference | Tokenizer> =>
+  static readonly layer = (options: EngineOptions): Layer.Layer<Engine, EngineOptionsError, Inference | Tokenizer> =>
     Layer.effect(Engine, make(options))
 }
 
+export class EngineOptionsError extends Schema.TaggedError<EngineOptionsError>()("EngineOptionsError", {
+  message: Schema.String
+}) {}
+
 const make = (options: EngineOptions) =>
   Effect.gen(function*() {
+    const problem = firstProblem(EngineNumbers, options)
+    if (problem !== undefined) return yield* new EngineOptionsError({ message: `engine options: ${problem}` })
     const context = yield* Effect.context<Inference | Tokenizer>()
 
     const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, stop: RunOptions["stop"]): Episode.EpisodeSpec => {

@@ -6,6 +6,7 @@
 import { Schema } from "effect"
 import type { EpisodeLimits } from "../machines/episode.ts"
 import type { EnvironmentDefinition } from "./Environment.ts"
+import { EpisodeLimits as EpisodeLimitsSchema, firstProblem, Milliseconds, PositiveInt } from "./EngineSchema.ts"
 import { SamplingParams } from "./Generation.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
 
@@ -45,8 +46,6 @@ export interface ExperimentConfig {
 
 export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => config
 
-const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
-const TimeoutMs = PositiveInt.check(Schema.isLessThanOrEqualTo(2_147_483_647))
 
 /** What a run needs, every default filled in. Functions (policy, environments) are carried beside it. */
 export const ResolvedExperiment = Schema.Struct({
@@ -61,14 +60,9 @@ export const ResolvedExperiment = Schema.Struct({
   environmentConfig: Schema.Record(Schema.String, Schema.Record(Schema.String, Schema.Unknown)),
   samplesPerRow: PositiveInt,
   concurrency: PositiveInt,
-  limits: Schema.Struct({
-    maxTurns: PositiveInt,
-    maxResponseTokens: PositiveInt,
-    maxNewTokens: PositiveInt,
-    timeoutMs: TimeoutMs
-  }),
+  limits: EpisodeLimitsSchema,
   sampling: SamplingParams,
-  envCallTimeoutMs: TimeoutMs,
+  envCallTimeoutMs: Milliseconds,
   seed: Schema.Int,
   out: Schema.String
 })
@@ -109,15 +103,7 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     seed: config.seed ?? defaults.seed,
     out: config.out ?? defaults.out
   }
-  const result = Schema.decodeUnknownExit(ResolvedExperiment)(candidate, { errors: "first" })
-  if (result._tag === "Failure") {
-    throw new ExperimentError({ message: `experiment "${String(config.name)}": ${describeFailure(result.cause)}` })
-  }
-  return result.value
-}
-
-const describeFailure = (cause: unknown): string => {
-  const text = String((cause as { readonly reasons?: ReadonlyArray<{ readonly error?: { readonly message?: string } }> })
-    .reasons?.[0]?.error?.message ?? cause)
-  return text.replace(/\s+/g, " ").trim()
+  const problem = firstProblem(ResolvedExperiment, candidate)
+  if (problem !== undefined) throw new ExperimentError({ message: `experiment "${String(config.name)}": ${problem}` })
+  return Schema.decodeUnknownSync(ResolvedExperiment)(candidate)
 }

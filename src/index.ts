@@ -3,7 +3,7 @@
  */
 export * as Dataset from "./Dataset.ts"
 export type { DatasetRow } from "./DatasetRow.ts"
-export { Engine, type EngineOptions } from "./Engine.ts"
+export { Engine, type EngineOptions, EngineOptionsError } from "./Engine.ts"
 export {
   define as defineEnvironment,
   type Environment,

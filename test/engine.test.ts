@@ -3,7 +3,7 @@
  * whose environments throw, hang or return garbage; unknown environments; GRPO groups; backpressure from a
  * slow consumer; and a gentle stop mid-run.
  */
-import { assert, layer } from "@effect/vitest"
+import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Option, Stream } from "effect"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine, type EngineOptions } from "../src/Engine.ts"
@@ -420,7 +420,7 @@ layer(policyLayer((input) => {
         Effect.timeoutOrElse({ duration: 5_000, orElse: () => Effect.die(new Error("the run hung on the dataset error")) }),
         Effect.exit
       )
-      assert.deepStrictEqual(Exit.findErrorOption(exit), Option.some("line 4 is not JSON"))
+      assert.deepStrictEqual(Exit.findErrorOption(exit), Option.some<unknown>("line 4 is not JSON"))
       // The three admitted episodes were stopped (here by their 300 ms limit) and closed; whatever was emitted
       // before the failure is a sound record.
       assert.strictEqual(stepSignals.length, 3)
@@ -429,4 +429,24 @@ layer(policyLayer((input) => {
       assert.isAtMost(emitted.length, 3)
       assertRecordsSound(emitted)
     }).pipe(withPolicy(play)))
+})
+
+describe("Engine options", () => {
+  it.effect("a bad option is an error naming the field, before anything runs", () =>
+    Effect.gen(function*() {
+      const registry = EnvironmentRegistry.builtins()
+      for (const [overrides, field] of [
+        [{ concurrency: 0 }, `["concurrency"]`],
+        [{ bufferCapacity: 1.5 }, `["bufferCapacity"]`],
+        [{ limits: limits({ timeoutMs: 3_000_000_000 }) }, `["limits"]["timeoutMs"]`]
+      ] as const) {
+        const exit = yield* Effect.gen(function*() { yield* Engine }).pipe(
+          Effect.provide(Engine.layer(options(registry, overrides))),
+          Effect.exit
+        )
+        const error = Exit.findErrorOption(exit)
+        assert.isTrue(Option.isSome(error))
+        assert.include(String((error as Option.Some<{ message: string }>).value.message), field)
+      }
+    }).pipe(Effect.provide(policyLayer(() => "ok"))))
 })
