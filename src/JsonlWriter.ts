@@ -40,7 +40,11 @@ export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, import
             let written = 0
             while (written < line.length) written += writeSync(fd, line, written)
           },
-          catch: (cause) => new SinkError({ file, message: `cannot write a record: ${String(cause)}` })
+          catch: (cause) =>
+            new SinkError({
+              file,
+              message: `cannot write record ${trajectory.id}: ${(cause instanceof Error ? cause.message : String(cause)).replace(/\s+/g, " ")}`
+            })
         })
     }))
   )
