@@ -125,7 +125,7 @@ export default defineExperiment({
     expect(existsSync(path.join(dir, "runs", "bad"))).toBe(false)
   })
 
-  it("on Ctrl-C ends running episodes as interrupted, writes them whole, and exits 130", async () => {
+  it.each(["SIGINT", "SIGTERM"] as const)("on %s ends running episodes as interrupted, writes them whole, and exits 130", async (signal) => {
     const dir = workdir()
     writeFileSync(path.join(dir, "slow.ts"), `import { defineEnvironment, defineExperiment } from ${JSON.stringify(index)}
 const slow = defineEnvironment({
@@ -158,7 +158,7 @@ export default defineExperiment({
     for (let i = 0; i < 200 && !(existsSync(file) && readFileSync(file, "utf8").split("\n").length > 20); i++) {
       await new Promise((resolve) => setTimeout(resolve, 50))
     }
-    child.kill("SIGINT")
+    child.kill(signal)
     const result = await done
     expect(result.code).toBe(130)
     const records = readRecords(file)

@@ -2,8 +2,9 @@
  * The `episodic` command line. `episodic run [experiment]` runs an experiment file (default: the default
  * experiment in experiments/) and writes runs/<name>/trajectories.jsonl and summary.json.
  *
- * Ctrl-C is gentle the first time: no new episodes start, running ones end `interrupted` and are written
- * whole, the summary is written, and the process exits 130. A second Ctrl-C exits at once.
+ * Ctrl-C (or SIGTERM, as a job scheduler sends it) is gentle the first time: no new episodes start, running
+ * ones end `interrupted` and are written whole, the summary is written, and the process exits 130. A second
+ * signal exits at once.
  */
 import { NodeServices } from "@effect/platform-node"
 import { Cause, Console, Deferred, Effect, Exit, Option, Runtime } from "effect"
@@ -73,12 +74,13 @@ const run = Command.make(
 
     const stop = yield* Deferred.make<void>()
     let interrupts = 0
-    const onSigint = () => {
+    const onSignal = () => {
       if (++interrupts > 1) process.exit(130)
       process.stderr.write("\nstopping: running episodes end as `interrupted` and are written; Ctrl-C again to quit now\n")
       Deferred.doneUnsafe(stop, Exit.void)
     }
-    process.on("SIGINT", onSigint)
+    process.on("SIGINT", onSignal)
+    process.on("SIGTERM", onSignal)
 
     let lastPrint = 0
     const { directory, summary } = yield* Run.run(experiment, overridden, {
@@ -92,7 +94,10 @@ const run = Command.make(
           `episodes ${s.episodes}  mean reward ${s.mean_reward.toFixed(3)}  ${s.episodes_per_second.toFixed(1)} ep/s  ${JSON.stringify(s.finish_reasons)}\n`
         )
       }
-    }).pipe(Effect.ensuring(Effect.sync(() => process.off("SIGINT", onSigint))))
+    }).pipe(Effect.ensuring(Effect.sync(() => {
+      process.off("SIGINT", onSignal)
+      process.off("SIGTERM", onSignal)
+    })))
     yield* Console.log(
       `done: ${summary.episodes} episodes in ${summary.wall_seconds.toFixed(1)} s, mean reward ${summary.mean_reward.toFixed(3)}, ` +
         `finish reasons ${JSON.stringify(summary.finish_reasons)}\n` +
