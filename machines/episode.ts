@@ -106,7 +106,7 @@ const describeError = (error: unknown): TrajectoryError => {
   return { type: "Error", message: String(error) }
 }
 
-const timing = (context: EpisodeContext) => {
+const timings = (context: EpisodeContext) => {
   const now = Date.now()
   return { startMs: context.segmentStartedAt - context.startedAt, durationMs: now - context.segmentStartedAt }
 }
@@ -154,7 +154,7 @@ export const episodeMachine = setup({
         tokenEnd: context.responseIds.length + output.tokenIds.length,
         reward: 0,
         policyVersion: output.policyVersion,
-        timing: timing(context)
+        timings: timings(context)
       }],
       segmentStartedAt: Date.now()
     })),
@@ -177,7 +177,7 @@ export const episodeMachine = setup({
           tokenEnd: context.responseIds.length + ids.length,
           reward: 0,
           policyVersion: null,
-          timing: timing(context)
+          timings: timings(context)
         }],
         segmentStartedAt: Date.now()
       }

@@ -39,7 +39,7 @@ export const Turn = Schema.Struct({
   reward: Schema.Finite,
   /** The policy version that generated an assistant turn; null for environment turns. */
   policyVersion: Schema.NullOr(Schema.Int),
-  timing: Timing
+  timings: Timing
 }).pipe(Schema.encodeKeys({ tokenStart: "token_start", tokenEnd: "token_end", policyVersion: "policy_version" }))
 export type Turn = typeof Turn.Type
 
