@@ -13,6 +13,7 @@ import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects } from "h
 import { createReadStream } from "node:fs"
 import { extname } from "node:path"
 import { DatasetRow } from "./DatasetRow.ts"
+import { errorMessage } from "./errorMessage.ts"
 
 export class DatasetError extends Schema.TaggedError<DatasetError>()("DatasetError", {
   file: Schema.String,
@@ -155,7 +156,7 @@ const rowError = (file: string, at: Position, field: string | null, problem: str
 
 const describe = (cause: unknown): string => {
   if (cause instanceof Error && "code" in cause && cause.code === "ENOENT") return "file not found"
-  return cause instanceof Error ? cause.message : String(cause)
+  return errorMessage(cause)
 }
 
 const isPlainObject = (value: unknown): value is Record<string, unknown> => {

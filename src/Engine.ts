@@ -4,11 +4,11 @@
  * sample, whatever goes wrong in it; only a stopped run leaves rows (and the rest of a group) unstarted. Trajectories leave through a bounded buffer, so a slow consumer (a
  * disk, the trainer) holds back new episodes instead of piling records up in memory.
  */
-import { Context, Deferred, Effect, Layer, Schema, Stream } from "effect"
+import { Context, Deferred, Effect, Layer, Result, Schema, Stream } from "effect"
 import type { InspectionEvent } from "xstate"
 import type { EpisodeLimits } from "../machines/episode.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
-import { EngineNumbers, firstProblem } from "./EngineSchema.ts"
+import { decodeOrProblem, EngineNumbers } from "./EngineSchema.ts"
 import type { Environment } from "./Environment.ts"
 import type { EnvironmentRegistry } from "./environments/registry.ts"
 import * as Episode from "./Episode.ts"
@@ -25,6 +25,7 @@ export interface EngineOptions {
   readonly concurrency: number
   readonly samplesPerRow: number
   readonly limits: EpisodeLimits
+  /** Its maxNewTokens is replaced each turn by what `limits` leave for that turn. */
   readonly sampling: SamplingParams
   readonly envCallTimeoutMs: number
   /** Seeds rows that carry no `extra_info.seed`. */
@@ -53,8 +54,8 @@ export class EngineOptionsError extends Schema.TaggedError<EngineOptionsError>()
 
 const make = (options: EngineOptions) =>
   Effect.gen(function*() {
-    const problem = firstProblem(EngineNumbers, options)
-    if (problem !== undefined) return yield* new EngineOptionsError({ message: `engine options: ${problem}` })
+    const checked = decodeOrProblem(EngineNumbers, options)
+    if (Result.isFailure(checked)) return yield* new EngineOptionsError({ message: `engine options: ${checked.failure}` })
     const context = yield* Effect.context<Inference | Tokenizer>()
 
     const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, stop: RunOptions["stop"]): Episode.EpisodeSpec => {

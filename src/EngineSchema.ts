@@ -2,7 +2,7 @@
  * The numbers an engine runs by, checked in one place for the CLI (experiments) and for library users
  * (Engine.layer): a bad one is an error naming its field, never a hang or an overflowing timer.
  */
-import { Schema } from "effect"
+import { Result, Schema } from "effect"
 
 export const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
@@ -26,11 +26,11 @@ export const EngineNumbers = Schema.Struct({
   limits: EpisodeLimits
 })
 
-/** The first problem, as one line naming the field. */
-export const firstProblem = (schema: Schema.Top, value: unknown): string | undefined => {
-  const result = Schema.decodeUnknownExit(schema as Schema.Codec<unknown, unknown>)(value, { errors: "first" })
-  if (result._tag === "Success") return undefined
-  const reason = (result.cause as { readonly reasons?: ReadonlyArray<{ readonly error?: { readonly message?: string } }> })
+/** Decodes `value`; on failure, the first problem as one line naming the field. */
+export const decodeOrProblem = <A>(schema: Schema.Codec<A, unknown>, value: unknown): Result.Result<A, string> => {
+  const exit = Schema.decodeUnknownExit(schema)(value, { errors: "first" })
+  if (exit._tag === "Success") return Result.succeed(exit.value)
+  const reason = (exit.cause as { readonly reasons?: ReadonlyArray<{ readonly error?: { readonly message?: string } }> })
     .reasons?.[0]?.error?.message
-  return String(reason ?? result.cause).replace(/\s+/g, " ").trim()
+  return Result.fail(String(reason ?? exit.cause).replace(/\s+/g, " ").trim())
 }

@@ -21,6 +21,7 @@ import {
 import type { DatasetRow } from "./DatasetRow.ts"
 import * as EnvironmentActor from "../actors/environment/index.ts"
 import { type Environment, EnvironmentError, type ResetResultSchema } from "./Environment.ts"
+import { errorMessage } from "./errorMessage.ts"
 import { GenerationRequest, InferenceError, SamplingParams } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import type { Message } from "./Message.ts"
@@ -43,8 +44,6 @@ export interface EpisodeSpec {
   /** Completing it sends INTERRUPT: the episode ends at once with finish_reason `interrupted`. */
   readonly stop?: Deferred.Deferred<void> | undefined
 }
-
-const message = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 /** The first turn: system prompt, the row's prompt, the first observation. */
 const firstTurn = (
@@ -80,7 +79,7 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
       const messages = yield* firstTurn(spec.row, result)
       const promptIds = yield* Effect.try({
         try: () => tokenizer.renderPrompt(messages),
-        catch: (cause) => new EnvironmentError({ message: `could not render the prompt: ${message(cause)}` })
+        catch: (cause) => new EnvironmentError({ message: `could not render the prompt: ${errorMessage(cause)}` })
       })
       return { messages, promptIds } satisfies ResetOutput
     })
@@ -122,7 +121,7 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
         ? []
         : yield* Effect.try({
           try: () => tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds),
-          catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${message(cause)}` })
+          catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${errorMessage(cause)}` })
         })
       return { observation: result.observation, role, reward: result.reward, done: result.done, observationIds } satisfies InteractOutput
     })

@@ -3,10 +3,10 @@
  * sampling, seeds, outputs). Experiment files default-export `defineExperiment({...})`; `episodic run FILE`
  * runs them, and `resolve` checks every field with one clear message naming a bad one.
  */
-import { Schema } from "effect"
+import { Result, Schema } from "effect"
 import type { EpisodeLimits } from "../machines/episode.ts"
 import type { EnvironmentDefinition } from "./Environment.ts"
-import { EpisodeLimits as EpisodeLimitsSchema, firstProblem, Milliseconds, PositiveInt } from "./EngineSchema.ts"
+import { decodeOrProblem, EpisodeLimits as EpisodeLimitsSchema, Milliseconds, PositiveInt } from "./EngineSchema.ts"
 import { SamplingParams } from "./Generation.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
 
@@ -36,7 +36,8 @@ export interface ExperimentConfig {
   readonly samplesPerRow?: number
   readonly concurrency?: number
   readonly limits?: Partial<EpisodeLimits>
-  readonly sampling?: Partial<Omit<SamplingParams, never>>
+  /** Tokens per turn are `limits.maxNewTokens`. */
+  readonly sampling?: Partial<Omit<SamplingParams, "maxNewTokens">>
   /** Time limit of one environment call. */
   readonly envCallTimeoutMs?: number
   readonly seed?: number
@@ -86,6 +87,7 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
   if ((config.environment === undefined) === (config.dataset === undefined)) {
     throw new ExperimentError({ message: "experiment: give exactly one of `environment` (seeded rows) or `dataset` (a file)" })
   }
+  const limits = { ...defaults.limits, ...config.limits }
   const candidate = {
     name: config.name,
     model: config.model,
@@ -97,13 +99,15 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     },
     samplesPerRow: config.samplesPerRow ?? defaults.samplesPerRow,
     concurrency: config.concurrency ?? defaults.concurrency,
-    limits: { ...defaults.limits, ...config.limits },
-    sampling: { ...SamplingParams.defaults, maxNewTokens: config.limits?.maxNewTokens ?? defaults.limits.maxNewTokens, ...config.sampling },
+    limits,
+    sampling: { ...SamplingParams.defaults, ...config.sampling, maxNewTokens: limits.maxNewTokens },
     envCallTimeoutMs: config.envCallTimeoutMs ?? defaults.envCallTimeoutMs,
     seed: config.seed ?? defaults.seed,
     out: config.out ?? defaults.out
   }
-  const problem = firstProblem(ResolvedExperiment, candidate)
-  if (problem !== undefined) throw new ExperimentError({ message: `experiment "${String(config.name)}": ${problem}` })
-  return Schema.decodeUnknownSync(ResolvedExperiment)(candidate)
+  const resolved = decodeOrProblem(ResolvedExperiment, candidate)
+  if (Result.isFailure(resolved)) {
+    throw new ExperimentError({ message: `experiment "${String(config.name)}": ${resolved.failure}` })
+  }
+  return resolved.success
 }

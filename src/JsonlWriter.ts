@@ -7,6 +7,7 @@
 import { Effect, Schema } from "effect"
 import { closeSync, mkdirSync, openSync, writeSync } from "node:fs"
 import * as path from "node:path"
+import { errorMessage } from "./errorMessage.ts"
 import * as Trajectory from "./Trajectory.ts"
 
 export class SinkError extends Schema.TaggedError<SinkError>()("SinkError", {
@@ -43,7 +44,7 @@ export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, import
           catch: (cause) =>
             new SinkError({
               file,
-              message: `cannot write record ${trajectory.id}: ${(cause instanceof Error ? cause.message : String(cause)).replace(/\s+/g, " ")}`
+              message: `cannot write record ${trajectory.id}: ${errorMessage(cause).replace(/\s+/g, " ")}`
             })
         })
     }))

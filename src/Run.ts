@@ -10,6 +10,7 @@ import * as Dataset from "./Dataset.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
 import { Engine } from "./Engine.ts"
 import { EnvironmentRegistry } from "./environments/registry.ts"
+import { errorMessage } from "./errorMessage.ts"
 import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
 import { Inference } from "./Inference.ts"
 import * as JsonlWriter from "./JsonlWriter.ts"
@@ -52,7 +53,7 @@ const writeAtomically = (file: string, text: string) => {
  * The policy a run generates with: the experiment's own text policy, or the model. Checked before the run
  * starts anything, so a missing model is one clear line, not a half-made run directory.
  */
-export const inferenceFor = (
+const inferenceFor = (
   experiment: ResolvedExperiment,
   config: ExperimentConfig
 ): Effect.Effect<Layer.Layer<Inference, never, Tokenizer>, ExperimentError> => {
@@ -94,7 +95,7 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
       catch: (cause) =>
         cause instanceof ExperimentError
           ? cause
-          : new ExperimentError({ message: cause instanceof Error ? cause.message : String(cause) })
+          : new ExperimentError({ message: errorMessage(cause) })
     })
     const engine = Engine.layer({
       environments: registry,

@@ -7,6 +7,7 @@
  * when an experiment names a policy function.
  */
 import { Effect, Layer } from "effect"
+import { errorMessage } from "./errorMessage.ts"
 import { GenerationResult, InferenceError, type GenerationRequest } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import { Tokenizer } from "./Tokenizer.ts"
@@ -39,7 +40,7 @@ export const layer = (policy: TextPolicy): Layer.Layer<Inference, never, Tokeniz
               context: tokenizer.decode(request.contextIds, { skipSpecialTokens: false }),
               signal
             }),
-          catch: (cause) => new InferenceError({ message: `text policy failed: ${cause instanceof Error ? cause.message : String(cause)}` })
+          catch: (cause) => new InferenceError({ message: `text policy failed: ${errorMessage(cause)}` })
         })
         const ids = tokenizer.encode(text)
         const budget = request.sampling.maxNewTokens

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber } from "effect"
+import { Effect } from "effect"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import type { Environment } from "../src/Environment.ts"
 import * as Episode from "../src/Episode.ts"
@@ -25,10 +25,11 @@ const counter = (goal: number, calls: Array<string> = []): Environment => {
   }
 }
 
-const countingPolicy = Effect.succeed((input: { context: string }) => {
+/** Says the next number: one more than the assistant turns in its context. */
+const countingPolicy = (input: { readonly context: string }) => {
   const said = input.context.match(/<\|im_start\|>assistant\n(\d+)/g) ?? []
   return String(said.length + 1)
-})
+}
 
 const spec = (environment: () => Environment, overrides: Partial<Episode.EpisodeSpec> = {}): Episode.EpisodeSpec => ({
   input: { id: "e1", groupId: "g1", interaction: "counter", seed: 7, limits: limits() },
@@ -59,5 +60,5 @@ describe("Episode.run", () => {
         "response_ids", "response_logprobs", "response_mask", "reward", "seed", "turn_rewards", "turns"
       ])
       assert.deepStrictEqual(Trajectory.decode(JSON.parse(JSON.stringify(json))), t)
-    }).pipe(Effect.provide(policyLayer((input) => Effect.runSync(countingPolicy)(input)))))
+    }).pipe(Effect.provide(policyLayer(countingPolicy))))
 })

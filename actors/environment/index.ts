@@ -12,6 +12,7 @@ import {
   ResetResultSchema,
   StepResultSchema
 } from "../../src/Environment.ts"
+import { errorMessage } from "../../src/errorMessage.ts"
 
 export interface EnvironmentActor {
   reset(options: { readonly seed: number; readonly row: DatasetRow }): Effect.Effect<typeof ResetResultSchema.Type, EnvironmentError>
@@ -19,8 +20,6 @@ export interface EnvironmentActor {
   /** Closes the environment once; later calls do nothing. A failing close is logged, not raised. */
   readonly close: Effect.Effect<void>
 }
-
-const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 /** Calls the environment with a time limit and checks what it returns against a schema. */
 const call = <S extends Schema.Top>(
@@ -31,7 +30,7 @@ const call = <S extends Schema.Top>(
 ): Effect.Effect<S["Type"], EnvironmentError, S["DecodingServices"]> =>
   Effect.tryPromise({
     try: async (signal) => run(signal),
-    catch: (cause) => new EnvironmentError({ message: `${what} threw: ${describe(cause)}` })
+    catch: (cause) => new EnvironmentError({ message: `${what} threw: ${errorMessage(cause)}` })
   }).pipe(
     Effect.timeoutOption(timeoutMs),
     Effect.flatMap(Option.match({
@@ -51,7 +50,7 @@ export const make = (
 ): Effect.Effect<EnvironmentActor, EnvironmentError> =>
   Effect.try({
     try: makeEnvironment,
-    catch: (cause) => new EnvironmentError({ message: `could not make environment "${name}": ${describe(cause)}` })
+    catch: (cause) => new EnvironmentError({ message: `could not make environment "${name}": ${errorMessage(cause)}` })
   }).pipe(Effect.map((environment): EnvironmentActor => {
     let closed = false
     return {
