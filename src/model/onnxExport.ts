@@ -1,0 +1,228 @@
+/**
+ * Our own ONNX exporter: writes a Llama-style decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) as an
+ * opset-17 graph straight from the weights, with the KV-cache I/O that Optimum and transformers.js use:
+ *
+ *   input_ids [batch, seq], attention_mask [batch, past + seq], position_ids [batch, seq],
+ *   past_key_values.N.key/value [batch, kv_heads, past, head_dim]
+ *     -> logits [batch, seq, vocab], present.N.key/value [batch, kv_heads, past + seq, head_dim]
+ *
+ * Attention follows the mask, not the layout: a key is visible to a query when the mask says it is real and
+ * it does not come later in the sequence. So rows may carry padding anywhere (the inference actor pads in
+ * the middle when it prefills several episodes with caches of different lengths), and position ids come in
+ * as an input rather than being derived from the layout.
+ *
+ * Only standard ONNX operators are used; ONNX Runtime's graph optimiser fuses what it can.
+ */
+import onnxProto from "onnx-proto"
+import type { LlamaConfig } from "./config.ts"
+import type { Weights } from "./safetensors.ts"
+
+const { onnx } = onnxProto
+type NodeProto = onnxProto.onnx.INodeProto
+type TensorProto = onnxProto.onnx.ITensorProto
+type AttributeProto = onnxProto.onnx.IAttributeProto
+
+const FLOAT = onnx.TensorProto.DataType.FLOAT
+const INT64 = onnx.TensorProto.DataType.INT64
+const BOOL = onnx.TensorProto.DataType.BOOL
+
+/** The Hugging Face names of a Llama model's weights, with their [out, in] shapes. */
+export const weightShapes = (config: LlamaConfig): Map<string, ReadonlyArray<number>> => {
+  const { hiddenSize: h, intermediateSize: m, numHeads, numKeyValueHeads, headDim: d, vocabSize: v } = config
+  const shapes = new Map<string, ReadonlyArray<number>>([["model.embed_tokens.weight", [v, h]]])
+  for (let i = 0; i < config.numLayers; i++) {
+    const p = `model.layers.${i}`
+    shapes.set(`${p}.input_layernorm.weight`, [h])
+    shapes.set(`${p}.self_attn.q_proj.weight`, [numHeads * d, h])
+    shapes.set(`${p}.self_attn.k_proj.weight`, [numKeyValueHeads * d, h])
+    shapes.set(`${p}.self_attn.v_proj.weight`, [numKeyValueHeads * d, h])
+    shapes.set(`${p}.self_attn.o_proj.weight`, [h, numHeads * d])
+    shapes.set(`${p}.post_attention_layernorm.weight`, [h])
+    shapes.set(`${p}.mlp.gate_proj.weight`, [m, h])
+    shapes.set(`${p}.mlp.up_proj.weight`, [m, h])
+    shapes.set(`${p}.mlp.down_proj.weight`, [h, m])
+  }
+  shapes.set("model.norm.weight", [h])
+  if (!config.tieWordEmbeddings) shapes.set("lm_head.weight", [v, h])
+  return shapes
+}
+
+const floatTensor = (name: string, dims: ReadonlyArray<number>, data: Float32Array): TensorProto => ({
+  name,
+  dims: [...dims],
+  dataType: FLOAT,
+  rawData: new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength))
+})
+
+const int64Tensor = (name: string, values: ReadonlyArray<number>, scalar = false): TensorProto => ({
+  name,
+  dims: scalar ? [] : [values.length],
+  dataType: INT64,
+  rawData: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer)
+})
+
+const transpose2d = (data: Float32Array, rows: number, cols: number): Float32Array => {
+  const out = new Float32Array(data.length)
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c]!
+  return out
+}
+
+/** The rotary tables indexed by position: cos and sin of position * theta^(-2i/d), each half repeated (HF's rotate_half layout). */
+const ropeTables = (config: LlamaConfig): { cos: Float32Array; sin: Float32Array } => {
+  const { headDim: d, maxPositions: n, ropeTheta } = config
+  const cos = new Float32Array(n * d)
+  const sin = new Float32Array(n * d)
+  for (let p = 0; p < n; p++) {
+    for (let i = 0; i < d / 2; i++) {
+      const angle = p * Math.pow(ropeTheta, (-2 * i) / d)
+      cos[p * d + i] = cos[p * d + i + d / 2] = Math.cos(angle)
+      sin[p * d + i] = sin[p * d + i + d / 2] = Math.sin(angle)
+    }
+  }
+  return { cos, sin }
+}
+
+class GraphBuilder {
+  readonly nodes: Array<NodeProto> = []
+  readonly initializers: Array<TensorProto> = []
+  #counter = 0
+
+  fresh(hint: string): string {
+    return `${hint}_${this.#counter++}`
+  }
+
+  node(opType: string, inputs: ReadonlyArray<string>, attributes: ReadonlyArray<AttributeProto> = [], output?: string): string {
+    const out = output ?? this.fresh(opType)
+    this.nodes.push({ opType, input: [...inputs], output: [out], name: `${opType}_${this.nodes.length}`, attribute: [...attributes] })
+    return out
+  }
+
+  constant(tensor: TensorProto): string {
+    this.initializers.push(tensor)
+    return tensor.name!
+  }
+}
+
+const ints = (name: string, values: ReadonlyArray<number>): AttributeProto => ({ name, ints: [...values], type: onnx.AttributeProto.AttributeType.INTS })
+const int = (name: string, value: number): AttributeProto => ({ name, i: value, type: onnx.AttributeProto.AttributeType.INT })
+
+const valueInfo = (name: string, elemType: number, dims: ReadonlyArray<number | string>) => ({
+  name,
+  type: {
+    tensorType: {
+      elemType,
+      shape: { dim: dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) }
+    }
+  }
+})
+
+/** The ONNX model (serialised ModelProto bytes) computing `config`'s decoder with `weights`. */
+export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array => {
+  const shapes = weightShapes(config)
+  for (const [name, shape] of shapes) {
+    const tensor = weights.get(name)
+    if (tensor === undefined) throw new Error(`exportOnnx: weight ${name} is missing`)
+    if (tensor.shape.join() !== shape.join()) throw new Error(`exportOnnx: ${name} has shape [${tensor.shape}], expected [${shape}]`)
+  }
+  const { hiddenSize: h, numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers } = config
+  const group = numHeads / kvHeads
+  const g = new GraphBuilder()
+  const weight = (name: string) => g.constant(floatTensor(name, shapes.get(name)!, weights.get(name)!.data))
+  // MatMul wants [in, out]; Hugging Face stores [out, in].
+  const linearWeight = (name: string) => {
+    const [out, inp] = shapes.get(name) as [number, number]
+    return g.constant(floatTensor(`${name}.T`, [inp, out], transpose2d(weights.get(name)!.data, out, inp)))
+  }
+  const scalar = (name: string, value: number) => g.constant(floatTensor(name, [], Float32Array.of(value)))
+  const shape64 = (name: string, values: ReadonlyArray<number>) => g.constant(int64Tensor(name, values))
+
+  const eps = scalar("rms_norm_eps", config.rmsNormEps)
+  const scale = scalar("attention_scale", 1 / Math.sqrt(d))
+  const rmsNorm = (x: string, w: string) => {
+    const variance = g.node("ReduceMean", [g.node("Mul", [x, x])], [ints("axes", [-1]), int("keepdims", 1)])
+    const normalised = g.node("Div", [x, g.node("Sqrt", [g.node("Add", [variance, eps])])])
+    return g.node("Mul", [normalised, w])
+  }
+
+  // Rotary tables gathered at each token's position, shaped to broadcast over heads.
+  const { cos, sin } = ropeTables(config)
+  const cosTable = g.constant(floatTensor("rope_cos", [config.maxPositions, d], cos))
+  const sinTable = g.constant(floatTensor("rope_sin", [config.maxPositions, d], sin))
+  const cosK = g.node("Unsqueeze", [g.node("Gather", [cosTable, "position_ids"]), shape64("axis_1", [1])]) // [B,1,S,D]
+  const sinK = g.node("Unsqueeze", [g.node("Gather", [sinTable, "position_ids"]), "axis_1"])
+  const cosQ = g.node("Unsqueeze", [cosK, "axis_1"]) // [B,1,1,S,D]
+  const sinQ = g.node("Unsqueeze", [sinK, "axis_1"])
+  const halves = shape64("rope_halves", [d / 2, d / 2])
+  const rotate = (x: string, c: string, s: string) => {
+    const [x1, x2] = [g.fresh("rope_x1"), g.fresh("rope_x2")]
+    g.nodes.push({ opType: "Split", input: [x, halves], output: [x1, x2], name: g.fresh("Split"), attribute: [int("axis", -1)] })
+    const rotated = g.node("Concat", [g.node("Neg", [x2]), x1], [int("axis", -1)])
+    return g.node("Add", [g.node("Mul", [x, c]), g.node("Mul", [rotated, s])])
+  }
+
+  // Which keys each query may see: real (mask 1) and not later in the sequence. Computed once: [B,1,1,S,T].
+  const zero = g.constant(int64Tensor("zero", [0], true))
+  const one = g.constant(int64Tensor("one", [1], true))
+  const maskShape = g.node("Shape", ["attention_mask"])
+  const total = g.node("Gather", [maskShape, one], [int("axis", 0)]) // T
+  const seqLen = g.node("Gather", [g.node("Shape", ["input_ids"]), one], [int("axis", 0)]) // S
+  const keyIndex = g.node("Range", [zero, total, one]) // [T]
+  const queryIndex = g.node("Unsqueeze", [g.node("Range", [g.node("Sub", [total, seqLen]), total, one]), "axis_1"]) // [S,1]
+  const causal = g.node("LessOrEqual", [keyIndex, queryIndex]) // [S,T]
+  const real = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], [int("to", BOOL)]), shape64("axes_123", [1, 2, 3])])
+  const visible = g.node("And", [causal, real])
+  const attentionBias = g.node("Where", [visible, scalar("zero_f", 0), scalar("masked_f", -1e9)])
+
+  let x = g.node("Gather", [weight("model.embed_tokens.weight"), "input_ids"])
+  const qShape = shape64("q_shape", [0, 0, kvHeads, group, d])
+  const kvShape = shape64("kv_shape", [0, 0, kvHeads, d])
+  const outShape = shape64("attn_out_shape", [0, 0, numHeads * d])
+  for (let i = 0; i < numLayers; i++) {
+    const p = `model.layers.${i}`
+    const hidden = rmsNorm(x, weight(`${p}.input_layernorm.weight`))
+    // Queries as [B, kv_heads, group, S, D] so each group of query heads shares one key/value head by broadcasting.
+    const q = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.q_proj.weight`)]), qShape])], [ints("perm", [0, 2, 3, 1, 4])])
+    const k = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.k_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
+    const v = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.v_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
+    const qRotated = g.node("Mul", [rotate(q, cosQ, sinQ), scale])
+    const presentKey = g.node("Concat", [`past_key_values.${i}.key`, rotate(k, cosK, sinK)], [int("axis", 2)], `present.${i}.key`)
+    const presentValue = g.node("Concat", [`past_key_values.${i}.value`, v], [int("axis", 2)], `present.${i}.value`)
+    const keysT = g.node("Unsqueeze", [g.node("Transpose", [presentKey], [ints("perm", [0, 1, 3, 2])]), shape64(`axis_2_${i}`, [2])])
+    const scores = g.node("Add", [g.node("MatMul", [qRotated, keysT]), attentionBias])
+    const probs = g.node("Softmax", [scores], [int("axis", -1)])
+    const context = g.node("MatMul", [probs, g.node("Unsqueeze", [presentValue, `axis_2_${i}`])]) // [B,kv,group,S,D]
+    const merged = g.node("Reshape", [g.node("Transpose", [context], [ints("perm", [0, 3, 1, 2, 4])]), outShape])
+    x = g.node("Add", [x, g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])])
+    const post = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`))
+    const gate = g.node("MatMul", [post, linearWeight(`${p}.mlp.gate_proj.weight`)])
+    const up = g.node("MatMul", [post, linearWeight(`${p}.mlp.up_proj.weight`)])
+    const activated = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
+    x = g.node("Add", [x, g.node("MatMul", [activated, linearWeight(`${p}.mlp.down_proj.weight`)])])
+  }
+  const final = rmsNorm(x, weight("model.norm.weight"))
+  const head = config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
+  const [vocab, hiddenSize] = shapes.get(head) as [number, number]
+  const headT = g.constant(floatTensor(`${head}.T`, [hiddenSize, vocab], transpose2d(weights.get(head)!.data, vocab, hiddenSize)))
+  g.node("MatMul", [final, headT], [], "logits")
+  void h
+
+  const inputs = [
+    valueInfo("input_ids", INT64, ["batch_size", "sequence_length"]),
+    valueInfo("attention_mask", INT64, ["batch_size", "total_sequence_length"]),
+    valueInfo("position_ids", INT64, ["batch_size", "sequence_length"])
+  ]
+  const outputs = [valueInfo("logits", FLOAT, ["batch_size", "sequence_length", config.vocabSize])]
+  for (let i = 0; i < numLayers; i++) {
+    for (const kind of ["key", "value"]) {
+      inputs.push(valueInfo(`past_key_values.${i}.${kind}`, FLOAT, ["batch_size", kvHeads, "past_sequence_length", d]))
+      outputs.push(valueInfo(`present.${i}.${kind}`, FLOAT, ["batch_size", kvHeads, "total_sequence_length", d]))
+    }
+  }
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: "episodic",
+    opsetImport: [{ domain: "", version: 17 }],
+    graph: { name: "llama", node: g.nodes, initializer: g.initializers, input: inputs, output: outputs }
+  })
+  return onnx.ModelProto.encode(model).finish()
+}
