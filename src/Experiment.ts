@@ -8,6 +8,7 @@ import type { EpisodeLimits } from "../machines/episode.ts"
 import type { EnvironmentDefinition } from "./Environment.ts"
 import { decodeOrProblem, EpisodeLimits as EpisodeLimitsSchema, Milliseconds, PositiveInt } from "./EngineSchema.ts"
 import { SamplingParams } from "./Generation.ts"
+import type { Preset } from "./model/config.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
 
 export interface ExperimentConfig {
@@ -43,6 +44,10 @@ export interface ExperimentConfig {
   readonly seed?: number
   /** Parent of the run directory. */
   readonly out?: string
+  /** The shared inference actor's settings (see actors/inference). */
+  readonly inference?: Partial<InferenceSettings>
+  /** Make the model with `episodic model init` when its directory has none yet (the default experiment does). */
+  readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
 }
 
 export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => config
@@ -65,8 +70,20 @@ export const ResolvedExperiment = Schema.Struct({
   sampling: SamplingParams,
   envCallTimeoutMs: Milliseconds,
   seed: Schema.Int,
-  out: Schema.String
+  out: Schema.String,
+  inference: Schema.Struct({
+    maxBatchSize: PositiveInt,
+    maxPrefillTokens: PositiveInt,
+    cacheBudgetMiB: PositiveInt,
+    provider: Schema.Literals(["cpu", "cuda"]),
+    threads: Schema.optional(PositiveInt)
+  }),
+  modelInit: Schema.optional(Schema.Struct({
+    preset: Schema.Literals(["tiny", "small"]),
+    seed: Schema.Int
+  }))
 })
+export type InferenceSettings = ResolvedExperiment["inference"]
 export type ResolvedExperiment = typeof ResolvedExperiment.Type
 
 export class ExperimentError extends Schema.TaggedError<ExperimentError>()("ExperimentError", {
@@ -79,7 +96,8 @@ const defaults = {
   limits: { maxTurns: 12, maxResponseTokens: 1024, maxNewTokens: 32, timeoutMs: 300_000 },
   envCallTimeoutMs: 30_000,
   seed: 0,
-  out: "runs"
+  out: "runs",
+  inference: { maxBatchSize: 64, maxPrefillTokens: 4096, cacheBudgetMiB: 1024, provider: "cpu" }
 }
 
 /** Fills in defaults and checks every field; the error names the first bad one. */
@@ -103,7 +121,9 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     sampling: { ...SamplingParams.defaults, ...config.sampling, maxNewTokens: limits.maxNewTokens },
     envCallTimeoutMs: config.envCallTimeoutMs ?? defaults.envCallTimeoutMs,
     seed: config.seed ?? defaults.seed,
-    out: config.out ?? defaults.out
+    out: config.out ?? defaults.out,
+    inference: { ...defaults.inference, ...config.inference },
+    modelInit: config.modelInit === undefined ? undefined : { preset: "tiny", seed: 0, ...config.modelInit }
   }
   const resolved = decodeOrProblem(ResolvedExperiment, candidate)
   if (Result.isFailure(resolved)) {

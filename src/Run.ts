@@ -12,7 +12,10 @@ import { Engine } from "./Engine.ts"
 import { EnvironmentRegistry } from "./environments/registry.ts"
 import { errorMessage } from "./errorMessage.ts"
 import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
+import { InferenceActor } from "../actors/inference/index.ts"
+import type { InferenceError } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
+import { initModel } from "./model/init.ts"
 import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
@@ -50,21 +53,40 @@ const writeAtomically = (file: string, text: string) => {
 }
 
 /**
- * The policy a run generates with: the experiment's own text policy, or the model. Checked before the run
- * starts anything, so a missing model is one clear line, not a half-made run directory.
+ * The policy a run generates with: the experiment's own text policy, or the model through the shared
+ * inference actor. A missing model is made first when the experiment asks for that (the default one does),
+ * and is otherwise one clear line before anything starts.
  */
 const inferenceFor = (
   experiment: ResolvedExperiment,
   config: ExperimentConfig
-): Effect.Effect<Layer.Layer<Inference, never, Tokenizer>, ExperimentError> => {
-  if (config.policy !== undefined) return Effect.succeed(TextPolicy.layer(config.policy))
-  const onnx = path.join(path.resolve(experiment.model), "onnx", "model.onnx")
-  return Effect.fail(new ExperimentError({
-    message: existsSync(onnx)
-      ? `experiment "${experiment.name}" generates with the model ${experiment.model}, but this version of episodic has no ONNX inference actor yet (it comes with the inference actor issue)`
-      : `experiment "${experiment.name}" needs the model at ${path.resolve(experiment.model)} (no onnx/model.onnx there); episodic cannot make or run that model until the inference actor issue lands`
-  }))
-}
+): Effect.Effect<Layer.Layer<Inference, InferenceError, Tokenizer>, ExperimentError> =>
+  Effect.gen(function*() {
+    if (config.policy !== undefined) return TextPolicy.layer(config.policy)
+    const directory = path.resolve(experiment.model)
+    if (!existsSync(path.join(directory, "onnx", "model.onnx"))) {
+      const init = experiment.modelInit
+      if (init === undefined) {
+        return yield* new ExperimentError({
+          message: `experiment "${experiment.name}" needs a model at ${directory} (no onnx/model.onnx there); make one with \`npx episodic model init --out ${experiment.model}\``
+        })
+      }
+      yield* Effect.logInfo(`making the ${init.preset} model at ${directory} (first use)`)
+      yield* Effect.tryPromise({
+        try: () => initModel(directory, init),
+        catch: (cause) => new ExperimentError({ message: `cannot make the model at ${directory}: ${errorMessage(cause)}` })
+      })
+    }
+    const settings = experiment.inference
+    return InferenceActor.layer({
+      model: directory,
+      maxBatchSize: settings.maxBatchSize,
+      maxPrefillTokens: settings.maxPrefillTokens,
+      cacheBudgetBytes: settings.cacheBudgetMiB * 1024 ** 2,
+      provider: settings.provider,
+      ...(settings.threads === undefined ? {} : { threads: settings.threads })
+    })
+  })
 
 const rowsFor = (experiment: ResolvedExperiment, registry: EnvironmentRegistry): Stream.Stream<DatasetRow, Dataset.DatasetError> => {
   if (experiment.dataset !== undefined) return Dataset.readRows(experiment.dataset)

@@ -1,0 +1,60 @@
+/**
+ * The inference actor's state and behaviour, independent of the thread it lives on: the ONNX model, the
+ * batch scheduler, the tokenizer for stop strings, and weight updates turned into a fresh ONNX graph.
+ */
+import { existsSync, readFileSync } from "node:fs"
+import * as path from "node:path"
+import { load as loadTokenizer } from "../../src/Tokenizer.ts"
+import { readConfig } from "../../src/model/config.ts"
+import { exportOnnx } from "../../src/model/onnxExport.ts"
+import { BatchScheduler } from "./BatchScheduler.ts"
+import { OnnxCausalLM } from "./OnnxCausalLM.ts"
+import type { ActorInfo, ActorSettings, Call, Reply } from "./protocol.ts"
+
+export interface ActorCore {
+  readonly info: ActorInfo
+  readonly scheduler: BatchScheduler
+  handle(call: Call): Promise<Reply>
+  close(): Promise<void>
+}
+
+const maxPositionsOf = (directory: string): number => {
+  const raw = JSON.parse(readFileSync(path.join(directory, "config.json"), "utf8")) as Record<string, unknown>
+  const value = raw.max_position_embeddings ?? raw.n_positions
+  return typeof value === "number" ? value : 2048
+}
+
+export const startCore = async (settings: ActorSettings): Promise<ActorCore> => {
+  const model = await OnnxCausalLM.load(settings.model, { provider: settings.provider, threads: settings.threads })
+  const directory = model.directory
+  const tokenizer = existsSync(path.join(directory, "tokenizer.json")) ? await loadTokenizer(directory) : undefined
+  const maxPositions = maxPositionsOf(directory)
+  const scheduler = new BatchScheduler(model, {
+    maxBatchSize: settings.maxBatchSize,
+    maxPrefillTokens: settings.maxPrefillTokens,
+    cacheBudgetBytes: settings.cacheBudgetBytes,
+    maxPositions,
+    ...(tokenizer === undefined ? {} : { decode: (ids: ReadonlyArray<number>) => tokenizer.decode(ids) })
+  })
+  const info: ActorInfo = { shape: model.shape, provider: model.provider, fallback: model.fallback, maxPositions }
+  return {
+    info,
+    scheduler,
+    handle: async (call) => {
+      switch (call.type) {
+        case "generate":
+          return scheduler.generate(call.request)
+        case "updateWeights":
+          // New weights become a new graph from our exporter: only models of our Llama architecture take updates.
+          return scheduler.updateWeights(exportOnnx(readConfig(directory), call.weights), call.version)
+        case "cancel":
+          return scheduler.cancel(call.episodeId)
+        case "forget":
+          return scheduler.forget(call.episodeId)
+        case "stats":
+          return { ...scheduler.stats }
+      }
+    },
+    close: () => model.release()
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Episodes' KV caches kept between turns, so that turn k prefills only its new tokens. Each entry holds the
+ * tokens whose keys and values it stores, per layer as [kv_heads, length, head_dim]. Under a byte budget
+ * the least recently used entries go first; an evicted episode is simply prefilled from scratch next time.
+ */
+export interface CachedSequence {
+  /** The tokens whose keys and values are stored, in order. */
+  readonly tokens: ReadonlyArray<number>
+  /** Per layer: keys then values, each [kv_heads, tokens.length, head_dim]. */
+  readonly keys: ReadonlyArray<Float32Array>
+  readonly values: ReadonlyArray<Float32Array>
+}
+
+const bytesOf = (entry: CachedSequence): number =>
+  entry.keys.reduce((sum, k) => sum + k.byteLength, 0) + entry.values.reduce((sum, v) => sum + v.byteLength, 0)
+
+export class KvCacheStore {
+  // A Map iterates in insertion order: re-inserting on use keeps the least recently used first.
+  readonly #entries = new Map<string, CachedSequence>()
+  #bytes = 0
+  evictions = 0
+
+  readonly budgetBytes: number
+
+  constructor(budgetBytes: number) {
+    this.budgetBytes = budgetBytes
+  }
+
+  get bytes(): number {
+    return this.#bytes
+  }
+
+  get size(): number {
+    return this.#entries.size
+  }
+
+  /** Takes the entry out (the episode is running again); `undefined` when never cached or evicted. */
+  take(episodeId: string): CachedSequence | undefined {
+    const entry = this.#entries.get(episodeId)
+    if (entry !== undefined) this.delete(episodeId)
+    return entry
+  }
+
+  put(episodeId: string, entry: CachedSequence): void {
+    this.delete(episodeId)
+    this.#entries.set(episodeId, entry)
+    this.#bytes += bytesOf(entry)
+    for (const [id, oldest] of this.#entries) {
+      if (this.#bytes <= this.budgetBytes || id === episodeId) break
+      this.#entries.delete(id)
+      this.#bytes -= bytesOf(oldest)
+      this.evictions += 1
+    }
+  }
+
+  delete(episodeId: string): void {
+    const entry = this.#entries.get(episodeId)
+    if (entry === undefined) return
+    this.#entries.delete(episodeId)
+    this.#bytes -= bytesOf(entry)
+  }
+}

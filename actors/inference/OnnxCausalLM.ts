@@ -1,0 +1,171 @@
+/**
+ * One decoder-only ONNX model with the Optimum / transformers.js KV-cache I/O, as an ONNX Runtime session.
+ * It reads the architecture from the directory's config.json, finds the cache inputs by name, and runs one
+ * batched forward pass. Our own models and onnx-community exports (Llama, Qwen2/Qwen3, GPT-2) share this I/O.
+ */
+import * as ort from "onnxruntime-node"
+import { existsSync, readFileSync } from "node:fs"
+import * as path from "node:path"
+
+export type ExecutionProvider = "cpu" | "cuda"
+
+export interface ModelShape {
+  readonly numLayers: number
+  readonly kvHeads: number
+  readonly headDim: number
+  readonly vocabSize: number
+}
+
+export interface ForwardInputs {
+  readonly batch: number
+  readonly sequenceLength: number
+  readonly pastLength: number
+  /** [batch, sequenceLength] */
+  readonly inputIds: BigInt64Array
+  /** [batch, sequenceLength] */
+  readonly positionIds: BigInt64Array
+  /** [batch, pastLength + sequenceLength] */
+  readonly attentionMask: BigInt64Array
+  /** Per layer [batch, kvHeads, pastLength, headDim]; empty arrays when pastLength is 0. */
+  readonly pastKeys: ReadonlyArray<Float32Array>
+  readonly pastValues: ReadonlyArray<Float32Array>
+}
+
+export interface ForwardOutputs {
+  /** [batch, sequenceLength, vocab] */
+  readonly logits: Float32Array
+  /** Per layer [batch, kvHeads, pastLength + sequenceLength, headDim] */
+  readonly presentKeys: ReadonlyArray<Float32Array>
+  readonly presentValues: ReadonlyArray<Float32Array>
+}
+
+export class ModelLoadError extends Error {
+  override readonly name = "ModelLoadError"
+}
+
+const readShape = (directory: string): ModelShape => {
+  const file = path.join(directory, "config.json")
+  if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: is ${directory} a model directory?`)
+  const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, number | undefined>
+  // GPT-2 names its sizes differently.
+  const heads = raw.num_attention_heads ?? raw.n_head
+  const hidden = raw.hidden_size ?? raw.n_embd
+  const layers = raw.num_hidden_layers ?? raw.n_layer
+  if (heads === undefined || hidden === undefined || layers === undefined || raw.vocab_size === undefined) {
+    throw new ModelLoadError(`${file} lacks num_attention_heads, hidden_size, num_hidden_layers or vocab_size`)
+  }
+  return {
+    numLayers: layers,
+    kvHeads: raw.num_key_value_heads ?? heads,
+    headDim: raw.head_dim ?? hidden / heads,
+    vocabSize: raw.vocab_size
+  }
+}
+
+/** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
+const createSession = async (
+  model: string | Uint8Array,
+  provider: ExecutionProvider,
+  threads: number | undefined
+): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
+  const options: ort.InferenceSession.SessionOptions = {
+    graphOptimizationLevel: "all",
+    ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 })
+  }
+  const create = (executionProviders: Array<string>) =>
+    typeof model === "string"
+      ? ort.InferenceSession.create(model, { ...options, executionProviders })
+      : ort.InferenceSession.create(model, { ...options, executionProviders })
+  if (provider === "cuda") {
+    try {
+      return { session: await create(["cuda"]), provider: "cuda" }
+    } catch (cause) {
+      return { session: await create(["cpu"]), provider: "cpu", fallback: `CUDA unavailable (${String(cause).split("\n")[0]}); running on CPU` }
+    }
+  }
+  return { session: await create(["cpu"]), provider: "cpu" }
+}
+
+export class OnnxCausalLM {
+  readonly directory: string
+  readonly shape: ModelShape
+  readonly provider: ExecutionProvider
+  /** Set when CUDA was asked for but the CPU runs. */
+  readonly fallback: string | undefined
+  #session: ort.InferenceSession
+  readonly #threads: number | undefined
+  readonly #hasPositionIds: boolean
+  readonly #keyName: (layer: number) => string
+  readonly #valueName: (layer: number) => string
+
+  private constructor(
+    directory: string,
+    shape: ModelShape,
+    created: { session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string },
+    threads: number | undefined
+  ) {
+    this.directory = directory
+    this.shape = shape
+    this.#session = created.session
+    this.provider = created.provider
+    this.fallback = created.fallback
+    this.#threads = threads
+    const inputs = created.session.inputNames
+    this.#hasPositionIds = inputs.includes("position_ids")
+    if (!inputs.includes("input_ids") || !inputs.includes("attention_mask")) {
+      throw new ModelLoadError(`${directory}: the ONNX graph needs input_ids and attention_mask inputs; it has ${inputs.join(", ")}`)
+    }
+    // Optimum names them past_key_values.N.key; a few older exports use past_key_values.N.decoder.key.
+    const style = inputs.includes("past_key_values.0.key") ? "" : inputs.includes("past_key_values.0.decoder.key") ? "decoder." : undefined
+    if (style === undefined) throw new ModelLoadError(`${directory}: the ONNX graph has no past_key_values.0.key input (export it with the KV cache)`)
+    this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
+    this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
+  }
+
+  /** Loads `<directory>/onnx/model.onnx` (or the file given). */
+  static async load(
+    directory: string,
+    options: { readonly provider?: ExecutionProvider; readonly threads?: number; readonly file?: string } = {}
+  ): Promise<OnnxCausalLM> {
+    const absolute = path.resolve(directory)
+    const file = options.file ?? path.join(absolute, "onnx", "model.onnx")
+    if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
+    const shape = readShape(absolute)
+    const created = await createSession(file, options.provider ?? "cpu", options.threads)
+    return new OnnxCausalLM(absolute, shape, created, options.threads)
+  }
+
+  /** Replaces the session with one built from `bytes` (same architecture, new weights). */
+  async reload(bytes: Uint8Array): Promise<void> {
+    const created = await createSession(bytes, this.provider, this.#threads)
+    const old = this.#session
+    this.#session = created.session
+    await old.release()
+  }
+
+  async forward(inputs: ForwardInputs): Promise<ForwardOutputs> {
+    const { batch: b, sequenceLength: s, pastLength: p } = inputs
+    const { numLayers, kvHeads, headDim } = this.shape
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor("int64", inputs.inputIds, [b, s]),
+      attention_mask: new ort.Tensor("int64", inputs.attentionMask, [b, p + s])
+    }
+    if (this.#hasPositionIds) feeds.position_ids = new ort.Tensor("int64", inputs.positionIds, [b, s])
+    for (let layer = 0; layer < numLayers; layer++) {
+      feeds[this.#keyName(layer)] = new ort.Tensor("float32", inputs.pastKeys[layer]!, [b, kvHeads, p, headDim])
+      feeds[this.#valueName(layer)] = new ort.Tensor("float32", inputs.pastValues[layer]!, [b, kvHeads, p, headDim])
+    }
+    const out = await this.#session.run(feeds)
+    const presentKeys: Array<Float32Array> = []
+    const presentValues: Array<Float32Array> = []
+    for (let layer = 0; layer < numLayers; layer++) {
+      presentKeys.push(out[`present.${layer}.key`]!.data as Float32Array)
+      presentValues.push(out[`present.${layer}.value`]!.data as Float32Array)
+    }
+    return { logits: out.logits!.data as Float32Array, presentKeys, presentValues }
+  }
+
+  async release(): Promise<void> {
+    await this.#session.release()
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * The shared inference actor: one per model, shared by every episode of a run. It owns the ONNX Runtime
+ * session on its own worker thread, so the model computes while the main thread runs environments,
+ * tokenization and episode machines. Requests are continuously batched (BatchScheduler) and each episode's
+ * KV cache stays with the actor between turns (KvCacheStore).
+ *
+ *   const actor = await InferenceActor.start({ model: "models/tiny" })
+ *   const result = await actor.generate(request)        // a GenerationRequest -> GenerationResult
+ *   await actor.updateWeights(weights, 1)              // between two decode steps; nothing in flight is dropped
+ *
+ * `InferenceActor.layer(options)` provides the engine's `Inference` service from it.
+ */
+import { Effect, Layer } from "effect"
+import { Worker } from "node:worker_threads"
+import { errorMessage } from "../../src/errorMessage.ts"
+import { GenerationResult, InferenceError, type GenerationRequest } from "../../src/Generation.ts"
+import { Inference } from "../../src/Inference.ts"
+import type { Weights } from "../../src/model/safetensors.ts"
+import { startCore } from "./ActorCore.ts"
+import type { SchedulerRequest, SchedulerResult, SchedulerStats } from "./BatchScheduler.ts"
+import type { ExecutionProvider } from "./OnnxCausalLM.ts"
+import type { ActorInfo, ActorSettings, Call, FromWorker, Reply } from "./protocol.ts"
+
+export type { SchedulerStats } from "./BatchScheduler.ts"
+export type { ActorInfo } from "./protocol.ts"
+
+export interface InferenceActorOptions {
+  /** A model directory: config.json, tokenizer files and onnx/model.onnx. */
+  readonly model: string
+  /** Sequences decoded together at most (default 64). */
+  readonly maxBatchSize?: number
+  /** Padded tokens in one prefill batch at most (default 4096). */
+  readonly maxPrefillTokens?: number
+  /** Bytes of KV caches kept between turns; least recently used go first (default 1 GiB). */
+  readonly cacheBudgetBytes?: number
+  /** "cuda" uses ONNX Runtime's CUDA provider when it is installed and falls back to the CPU otherwise. */
+  readonly provider?: ExecutionProvider
+  /** ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per core). */
+  readonly threads?: number
+  /** "worker" (default) runs the model on its own thread; "main" on the calling thread, for debugging. */
+  readonly thread?: "worker" | "main"
+}
+
+export interface InferenceActor {
+  readonly info: ActorInfo
+  generate(request: GenerationRequest, signal?: AbortSignal): Promise<GenerationResult>
+  /** Runs a request in the scheduler's own terms (e.g. a replay of recorded tokens). */
+  schedule(request: SchedulerRequest): Promise<SchedulerResult>
+  /** New weights (Hugging Face names, as in model.safetensors) become policy `version` between two steps. */
+  updateWeights(weights: Weights, version: number): Promise<void>
+  /** Drops the episode's cached keys and values. */
+  forget(episodeId: string): void
+  stats(): Promise<SchedulerStats>
+  close(): Promise<void>
+}
+
+const settingsOf = (options: InferenceActorOptions): ActorSettings => ({
+  model: options.model,
+  maxBatchSize: options.maxBatchSize ?? 64,
+  maxPrefillTokens: options.maxPrefillTokens ?? 4096,
+  cacheBudgetBytes: options.cacheBudgetBytes ?? 1024 ** 3,
+  provider: options.provider ?? "cpu",
+  threads: options.threads
+})
+
+const toSchedulerRequest = (request: GenerationRequest): SchedulerRequest => ({
+  episodeId: request.episodeId,
+  contextIds: request.contextIds,
+  temperature: request.sampling.temperature,
+  topK: request.sampling.topK,
+  topP: request.sampling.topP,
+  maxNewTokens: request.sampling.maxNewTokens,
+  stop: request.sampling.stop,
+  stopTokenIds: request.stopTokenIds,
+  seed: request.seed
+})
+
+type Transport = { readonly info: ActorInfo; call(call: Call): Promise<Reply>; close(): Promise<void> }
+
+const inThread = async (settings: ActorSettings): Promise<Transport> => {
+  const core = await startCore(settings)
+  return { info: core.info, call: (call) => core.handle(call), close: () => core.close() }
+}
+
+const inWorker = (settings: ActorSettings): Promise<Transport> =>
+  new Promise((resolve, reject) => {
+    const worker = new Worker(new URL("./worker.ts", import.meta.url), { workerData: settings })
+    const pending = new Map<number, { resolve: (value: Reply) => void; reject: (error: Error) => void }>()
+    let next = 0
+    let closed = false
+    const failAll = (message: string) => {
+      for (const { reject } of pending.values()) reject(new Error(message))
+      pending.clear()
+    }
+    worker.on("message", (message: FromWorker) => {
+      if ("type" in message) {
+        if (message.type === "ready") {
+          resolve({
+            info: message.info,
+            call: (call) =>
+              closed
+                ? Promise.reject(new Error("the inference actor is closed"))
+                : new Promise((resolveCall, rejectCall) => {
+                    const id = next++
+                    pending.set(id, { resolve: resolveCall, reject: rejectCall })
+                    // Weights move to the worker rather than being copied.
+                    const transfer = call.type === "updateWeights" ? [...call.weights.values()].map((t) => t.data.buffer as ArrayBuffer) : []
+                    worker.postMessage({ id, call }, transfer)
+                  }),
+            close: async () => {
+              closed = true
+              failAll("the inference actor closed")
+              await worker.terminate()
+            }
+          })
+        } else reject(new Error(message.message))
+        return
+      }
+      const entry = pending.get(message.id)
+      if (entry === undefined) return
+      pending.delete(message.id)
+      if (message.ok) entry.resolve(message.value)
+      else entry.reject(new Error(message.message))
+    })
+    worker.on("error", (error) => {
+      failAll(`the inference worker crashed: ${error.message}`)
+      reject(error)
+    })
+    worker.on("exit", (code) => {
+      if (!closed) failAll(`the inference worker exited with code ${code}`)
+    })
+  })
+
+/** Starts the actor: loads the model (on a worker thread unless `thread: "main"`). */
+export const start = async (options: InferenceActorOptions): Promise<InferenceActor> => {
+  const settings = settingsOf(options)
+  const transport = await (options.thread === "main" ? inThread(settings) : inWorker(settings))
+  const schedule = (request: SchedulerRequest) => transport.call({ type: "generate", request }) as Promise<SchedulerResult>
+  return {
+    info: transport.info,
+    schedule,
+    generate: async (request, signal) => {
+      const onAbort = () => void transport.call({ type: "cancel", episodeId: request.episodeId })
+      signal?.addEventListener("abort", onAbort, { once: true })
+      try {
+        const result = await schedule(toSchedulerRequest(request))
+        return new GenerationResult(result)
+      } finally {
+        signal?.removeEventListener("abort", onAbort)
+      }
+    },
+    updateWeights: async (weights, version) => void (await transport.call({ type: "updateWeights", weights, version })),
+    forget: (episodeId) => void transport.call({ type: "forget", episodeId }).catch(() => undefined),
+    stats: () => transport.call({ type: "stats" }) as Promise<SchedulerStats>,
+    close: () => transport.close()
+  }
+}
+
+/** The engine's `Inference` service, backed by an actor that lives as long as the layer. */
+export const layer = (options: InferenceActorOptions): Layer.Layer<Inference, InferenceError> =>
+  Layer.effect(Inference, fromActor(options))
+
+const fromActor = (options: InferenceActorOptions) =>
+  Effect.gen(function*() {
+    const actor = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: () => start(options),
+        catch: (cause) => new InferenceError({ message: `cannot start the inference actor for ${options.model}: ${errorMessage(cause)}` })
+      }),
+      (actor) => Effect.promise(() => actor.close())
+    )
+    if (actor.info.fallback !== undefined) yield* Effect.logWarning(actor.info.fallback)
+    return Inference.of({
+      generate: (request) =>
+        Effect.tryPromise({
+          try: (signal) => actor.generate(request, signal),
+          catch: (cause) => new InferenceError({ message: errorMessage(cause) })
+        })
+    })
+  })
+
+export const InferenceActor = { start, layer } as const

@@ -1,0 +1,38 @@
+/** Messages between the inference actor's handle (any thread) and its worker thread. */
+import type { Weights } from "../../src/model/safetensors.ts"
+import type { SchedulerRequest, SchedulerResult, SchedulerStats } from "./BatchScheduler.ts"
+import type { ExecutionProvider, ModelShape } from "./OnnxCausalLM.ts"
+
+export interface ActorSettings {
+  readonly model: string
+  readonly maxBatchSize: number
+  readonly maxPrefillTokens: number
+  readonly cacheBudgetBytes: number
+  readonly provider: ExecutionProvider
+  readonly threads: number | undefined
+}
+
+export type Call =
+  | { readonly type: "generate"; readonly request: SchedulerRequest }
+  | { readonly type: "updateWeights"; readonly weights: Weights; readonly version: number }
+  | { readonly type: "cancel"; readonly episodeId: string }
+  | { readonly type: "forget"; readonly episodeId: string }
+  | { readonly type: "stats" }
+
+export type Reply = SchedulerResult | SchedulerStats | void
+
+export type ToWorker = { readonly id: number; readonly call: Call }
+
+export type FromWorker =
+  | { readonly type: "ready"; readonly info: ActorInfo }
+  | { readonly type: "failed"; readonly message: string }
+  | { readonly id: number; readonly ok: true; readonly value: Reply }
+  | { readonly id: number; readonly ok: false; readonly message: string }
+
+export interface ActorInfo {
+  readonly shape: ModelShape
+  readonly provider: ExecutionProvider
+  /** Why the asked-for provider is not the one running, if it is not. */
+  readonly fallback: string | undefined
+  readonly maxPositions: number
+}

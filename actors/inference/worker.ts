@@ -1,0 +1,20 @@
+/** The inference actor's worker thread: model compute runs here, off the thread that drives episodes. */
+import { parentPort, workerData } from "node:worker_threads"
+import { startCore } from "./ActorCore.ts"
+import type { ActorSettings, FromWorker, ToWorker } from "./protocol.ts"
+
+const port = parentPort!
+const send = (message: FromWorker) => port.postMessage(message)
+
+try {
+  const core = await startCore(workerData as ActorSettings)
+  port.on("message", ({ id, call }: ToWorker) => {
+    core.handle(call).then(
+      (value) => send({ id, ok: true, value }),
+      (cause: unknown) => send({ id, ok: false, message: cause instanceof Error ? cause.message : String(cause) })
+    )
+  })
+  send({ type: "ready", info: core.info })
+} catch (cause) {
+  send({ type: "failed", message: cause instanceof Error ? cause.message : String(cause) })
+}
