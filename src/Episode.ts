@@ -69,7 +69,8 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
   const runPromise = yield* FiberSet.makeRuntimePromise()
   let environment: EnvironmentActor.EnvironmentActor | undefined
 
-  // Registered first so it runs last, after the actor has stopped and aborted whatever was in flight.
+  // Registered first so they run last, after the actor has stopped and aborted whatever was in flight.
+  yield* Effect.addFinalizer(() => inference.release?.(spec.input.id) ?? Effect.void)
   yield* Effect.addFinalizer(() => environment?.close ?? Effect.void)
 
   const reset = (input: EpisodeInput) =>

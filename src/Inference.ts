@@ -8,4 +8,6 @@ import type { GenerationRequest, GenerationResult, InferenceError } from "./Gene
 
 export class Inference extends Context.Service<Inference, {
   generate(request: GenerationRequest): Effect.Effect<GenerationResult, InferenceError>
+  /** The episode has ended: whatever the backend keeps for it (its KV cache) can go. */
+  release?(episodeId: string): Effect.Effect<void>
 }>()("episodic/Inference") {}

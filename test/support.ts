@@ -30,3 +30,17 @@ export const limits = (overrides: Partial<EpisodeLimits> = {}): EpisodeLimits =>
 })
 
 export const sampling = new SamplingParams({ ...SamplingParams.greedy, maxNewTokens: 128 })
+
+/**
+ * The project's tiny model, made once per seed in the temp directory with `initModel` (as
+ * `episodic model init` makes it): a real ONNX graph, real weights, a real tokenizer.
+ */
+export const tinyModel = async (seed = 0): Promise<string> => {
+  const { existsSync } = await import("node:fs")
+  const { tmpdir } = await import("node:os")
+  const path = await import("node:path")
+  const { initModel } = await import("../src/model/init.ts")
+  const directory = path.join(tmpdir(), `episodic-test-tiny-${seed}-${process.pid}`)
+  if (!existsSync(path.join(directory, "onnx", "model.onnx"))) await initModel(directory, { seed })
+  return directory
+}

@@ -36,6 +36,11 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
     maxPositions,
     ...(tokenizer === undefined ? {} : { decode: (ids: ReadonlyArray<number>) => tokenizer.decode(ids) })
   })
+  // The session is released only once no step runs: releasing it mid-run would crash the process.
+  const close = async () => {
+    await scheduler.close()
+    await model.release()
+  }
   const info: ActorInfo = { shape: model.shape, provider: model.provider, fallback: model.fallback, maxPositions }
   return {
     info,
@@ -53,8 +58,10 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
           return scheduler.forget(call.episodeId)
         case "stats":
           return { ...scheduler.stats }
+        case "close":
+          return close()
       }
     },
-    close: () => model.release()
+    close
   }
 }

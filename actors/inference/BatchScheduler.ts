@@ -115,6 +115,7 @@ export class BatchScheduler {
   /** Tokens each episode's earlier turns put into its context (for counting new tokens). */
   readonly #seen = new Map<string, number>()
   readonly #cancelled = new Set<string>()
+  #closed = false
   #version = 0
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
@@ -141,6 +142,7 @@ export class BatchScheduler {
   }
 
   generate(request: SchedulerRequest): Promise<SchedulerResult> {
+    if (this.#closed) return Promise.reject(new SchedulerError("the inference actor is closed"))
     const problem = this.#validate(request)
     if (problem !== undefined) return Promise.reject(new SchedulerError(`episode ${request.episodeId}: ${problem}`))
     return new Promise((resolve, reject) => {
@@ -177,6 +179,12 @@ export class BatchScheduler {
     })
   }
 
+  /** Fails every request waiting or running, after the step in progress; resolves once no step runs. */
+  async close(): Promise<void> {
+    this.#closed = true
+    await this.#loop
+  }
+
   /** Ends the episode's request in flight with finish reason "aborted" (its episode was interrupted or timed out). */
   cancel(episodeId: string): void {
     const queued = this.#waiting.findIndex((w) => w.request.episodeId === episodeId)
@@ -210,6 +218,7 @@ export class BatchScheduler {
     // Rows that left in the last decode step; the next prefill's rebuild drops them too, so one copy serves both.
     let left = false
     while (this.#waiting.length > 0 || this.#rows.length > 0 || this.#staged !== undefined) {
+      if (this.#closed) throw new Error("the inference actor closed")
       if (this.#staged !== undefined) await this.#swapWeights()
       if (this.#waiting.length > 0 && this.#live() < this.#options.maxBatchSize) {
         const joined = await this.#prefill()

@@ -78,7 +78,11 @@ const createSession = async (
       : ort.InferenceSession.create(model, { ...options, executionProviders })
   if (provider === "cuda") {
     try {
-      return { session: await create(["cuda"]), provider: "cuda" }
+      // Quiet: a missing CUDA provider is expected and reported as the fallback below.
+      const session = typeof model === "string"
+        ? await ort.InferenceSession.create(model, { ...options, executionProviders: ["cuda"], logSeverityLevel: 4 })
+        : await ort.InferenceSession.create(model, { ...options, executionProviders: ["cuda"], logSeverityLevel: 4 })
+      return { session, provider: "cuda" }
     } catch (cause) {
       return { session: await create(["cpu"]), provider: "cpu", fallback: `CUDA unavailable (${String(cause).split("\n")[0]}); running on CPU` }
     }

@@ -104,13 +104,20 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
                     const id = next++
                     pending.set(id, { resolve: resolveCall, reject: rejectCall })
                     // Weights move to the worker rather than being copied.
-                    const transfer = call.type === "updateWeights" ? [...call.weights.values()].map((t) => t.data.buffer as ArrayBuffer) : []
+                    const transfer = call.type === "updateWeights" ? [...new Set([...call.weights.values()].map((t) => t.data.buffer as ArrayBuffer))] : []
                     worker.postMessage({ id, call }, transfer)
                   }),
             close: async () => {
+              if (closed) return
+              const exited = new Promise<void>((done) => worker.once("exit", () => done()))
+              // Ask the worker to finish its step and release the session; terminating it mid-run would crash.
+              const id = next++
+              const acknowledged = new Promise<void>((done) => pending.set(id, { resolve: () => done(), reject: () => done() }))
+              worker.postMessage({ id, call: { type: "close" } })
               closed = true
+              await acknowledged
               failAll("the inference actor closed")
-              await worker.terminate()
+              await Promise.race([exited, new Promise((done) => setTimeout(done, 5_000).unref())])
             }
           })
         } else reject(new Error(message.message))
@@ -175,7 +182,8 @@ const fromActor = (options: InferenceActorOptions) =>
         Effect.tryPromise({
           try: (signal) => actor.generate(request, signal),
           catch: (cause) => new InferenceError({ message: errorMessage(cause) })
-        })
+        }),
+      release: (episodeId) => Effect.sync(() => actor.forget(episodeId))
     })
   })
 

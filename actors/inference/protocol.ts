@@ -18,6 +18,7 @@ export type Call =
   | { readonly type: "cancel"; readonly episodeId: string }
   | { readonly type: "forget"; readonly episodeId: string }
   | { readonly type: "stats" }
+  | { readonly type: "close" }
 
 export type Reply = SchedulerResult | SchedulerStats | void
 

@@ -10,7 +10,11 @@ try {
   const core = await startCore(workerData as ActorSettings)
   port.on("message", ({ id, call }: ToWorker) => {
     core.handle(call).then(
-      (value) => send({ id, ok: true, value }),
+      (value) => {
+        send({ id, ok: true, value })
+        // Nothing is left to do: let the thread end on its own.
+        if (call.type === "close") port.close()
+      },
       (cause: unknown) => send({ id, ok: false, message: cause instanceof Error ? cause.message : String(cause) })
     )
   })

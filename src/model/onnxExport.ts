@@ -187,7 +187,8 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const qRotated = g.node("Mul", [rotate(q, cosQ, sinQ), scale])
     const presentKey = g.node("Concat", [`past_key_values.${i}.key`, rotate(k, cosK, sinK)], [int("axis", 2)], `present.${i}.key`)
     const presentValue = g.node("Concat", [`past_key_values.${i}.value`, v], [int("axis", 2)], `present.${i}.value`)
-    const keysT = g.node("Unsqueeze", [g.node("Transpose", [presentKey], [ints("perm", [0, 1, 3, 2])]), shape64(`axis_2_${i}`, [2])])
+    // Unsqueeze then swap the last two axes right before the MatMul, where ONNX Runtime fuses the transpose away.
+    const keysT = g.node("Transpose", [g.node("Unsqueeze", [presentKey, shape64(`axis_2_${i}`, [2])])], [ints("perm", [0, 1, 2, 4, 3])])
     const scores = g.node("Add", [g.node("MatMul", [qRotated, keysT]), attentionBias])
     const probs = g.node("Softmax", [scores], [int("axis", -1)])
     const context = g.node("MatMul", [probs, g.node("Unsqueeze", [presentValue, `axis_2_${i}`])]) // [B,kv,group,S,D]

@@ -51,8 +51,8 @@ export const decode = (bytes: Uint8Array, source = "safetensors"): Map<string, T
     const { dtype, shape, data_offsets } = entry as { dtype: string; shape: Array<number>; data_offsets: [number, number] }
     if (dtype !== "F32") throw new Error(`${source}: ${name} is ${dtype}; only F32 weights are supported`)
     const [start, end] = data_offsets
-    // Copy: the file's buffer offset need not be 4-byte aligned.
-    const data = new Float32Array(bytes.slice(base + start, base + end).buffer)
+    // A copy of its own (a Buffer's slice would be a view of the whole file), 4-byte aligned as floats need.
+    const data = new Float32Array(Uint8Array.prototype.slice.call(bytes, base + start, base + end).buffer)
     weights.set(name, { shape, data })
   }
   return weights
