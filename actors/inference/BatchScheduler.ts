@@ -5,14 +5,14 @@
  * request waits for a whole batch to finish.
  *
  * Prefix reuse: when a sequence leaves, its keys and values go to the KvCacheStore under its episode id,
- * so the episode's next turn prefills only the tokens that are new to the model. The decode batch keeps
- * its keys and values as the model returned them and copies only when rows join or leave.
+ * so the episode's next turn prefills only the tokens that are new to the model.
  *
- * Layout: in the decode batch every row is left-padded, its real positions at the end. A prefill batch pads
- * each row's cached part and new part separately, so real positions may have a gap in the middle; the
- * attention mask says which positions are real and position ids are passed explicitly.
+ * Layout: the decode batch keeps every row's keys and values in actor-owned buffers, left-padded to end at
+ * a common column, with free columns after it; each step writes one new column. A prefill batch pads each
+ * row's cached part and new part separately, so real positions may have a gap in the middle; the attention
+ * mask says which positions are real and position ids are passed explicitly.
  */
-import type { ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
+import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
 import { KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
 import { makeSampler, type Sampler } from "./sampling.ts"
 
@@ -61,7 +61,10 @@ export interface SchedulerStats {
   /** Context tokens the model had never run for their episode: the first prompt, then each observation plus the previous turn's last sampled token. */
   newTokens: number
   generatedTokens: number
-  forwardMs: number
+  /** Time in the model's forward passes: prefill, then decode. */
+  prefillMs: number
+  decodeMs: number
+  /** Time copying keys and values between episode caches and the batch. */
   copyMs: number
   evictions: number
 }
@@ -76,41 +79,45 @@ interface Waiting {
   readonly reject: (error: Error) => void
 }
 
-/** Where a row's keys and values sit: per layer [batch, kvHeads, length, headDim] and the runs of real positions. */
-interface Placement {
-  readonly keys: ReadonlyArray<Float32Array>
-  readonly values: ReadonlyArray<Float32Array>
-  readonly length: number
-  readonly index: number
-  readonly runs: ReadonlyArray<readonly [start: number, count: number]>
-}
-
 interface Row {
   readonly waiting: Waiting
   readonly sampler: Sampler
-  /** Tokens whose keys and values the batch holds for this row. */
+  /** Tokens whose keys and values the actor holds for this row. */
   readonly fed: Array<number>
-  /** Sampled, not yet run through the model. */
+  /** Sampled, not yet run through the model (-1 once the turn is over). */
   next: number
   readonly tokenIds: Array<number>
   readonly logprobs: Array<number>
   readonly policyVersion: number
-  placement: Placement
+  /** Keys and values of `fed` while the row waits for a slot; undefined once it sits in the batch. */
+  pending: CachedSequence | undefined
 }
 
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
   prefix.length <= of.length && prefix.every((token, i) => of[i] === token)
+
+/** Columns of free room the batch gets beyond its longest row: it grows by one column per decode step. */
+const HEADROOM = 32
 
 export class BatchScheduler {
   readonly #model: OnnxCausalLM
   readonly #options: SchedulerOptions
   readonly #cache: KvCacheStore
   readonly #waiting: Array<Waiting> = []
-  #rows: Array<Row> = []
-  /** The decode batch: per layer [rows, kvHeads, length, headDim], every row left-padded. */
+  /**
+   * The decode batch's slots. A running row keeps its slot until its turn ends; a free slot (undefined)
+   * waits for the next joiner. Keys and values live in actor-owned buffers of per layer
+   * [slots, kvHeads, capacity, headDim]: every row is left-padded to end at column `#length`, and each
+   * decode step writes the new position's key and value at that column. So a step copies one column, and
+   * rows joining or leaving copy only themselves.
+   */
+  #slots: Array<Row | undefined> = []
   #keys: Array<Float32Array> = []
   #values: Array<Float32Array> = []
   #length = 0
+  #capacity = 0
+  /** Decode steps since requests were last admitted. */
+  #stepsSinceAdmission = 0
   #loop: Promise<void> | undefined
   /** Tokens each episode's earlier turns put into its context (for counting new tokens). */
   readonly #seen = new Map<string, number>()
@@ -120,7 +127,7 @@ export class BatchScheduler {
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
     requests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
-    generatedTokens: 0, forwardMs: 0, copyMs: 0, evictions: 0
+    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0
   }
 
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {
@@ -134,7 +141,7 @@ export class BatchScheduler {
   }
 
   get running(): number {
-    return this.#rows.length
+    return this.#live().length
   }
 
   get queued(): number {
@@ -149,25 +156,6 @@ export class BatchScheduler {
       this.#waiting.push({ request, resolve, reject })
       this.#start()
     })
-  }
-
-  #start(): void {
-    this.#loop ??= this.#run()
-      .catch((cause) => {
-        // A bug here must fail the requests loudly, never leave them waiting forever.
-        const error = new SchedulerError(`inference scheduler failed: ${errorText(cause)}`)
-        for (const row of this.#rows) if (row.next >= 0) row.waiting.reject(error)
-        for (const waiting of this.#waiting.splice(0)) waiting.reject(error)
-        this.#rows = []
-        this.#keys = []
-        this.#values = []
-        this.#length = 0
-      })
-      .finally(() => {
-        this.#loop = undefined
-        // Requests that arrived while the loop was winding down.
-        if (this.#waiting.length > 0 || this.#staged !== undefined) this.#start()
-      })
   }
 
   /** Swaps in a model built from `onnxBytes` between two steps; in-flight sequences go on with the new weights. */
@@ -193,7 +181,7 @@ export class BatchScheduler {
       waiting!.resolve({ tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version })
       return
     }
-    this.#cancelled.add(episodeId)
+    if (this.#live().some((row) => row.waiting.request.episodeId === episodeId)) this.#cancelled.add(episodeId)
   }
 
   /** Drops an episode's cached keys and values (the episode ended). */
@@ -214,23 +202,57 @@ export class BatchScheduler {
     return undefined
   }
 
-  async #run(): Promise<void> {
-    // Rows that left in the last decode step; the next prefill's rebuild drops them too, so one copy serves both.
-    let left = false
-    while (this.#waiting.length > 0 || this.#rows.length > 0 || this.#staged !== undefined) {
-      if (this.#closed) throw new Error("the inference actor closed")
-      if (this.#staged !== undefined) await this.#swapWeights()
-      if (this.#waiting.length > 0 && this.#live() < this.#options.maxBatchSize) {
-        const joined = await this.#prefill()
-        if (joined.length > 0 || left) this.#rebuild(joined)
-      } else if (left) this.#rebuild([])
-      left = this.#rows.length > 0 && (await this.#decode())
-    }
+  #start(): void {
+    this.#loop ??= this.#run()
+      .catch((cause) => {
+        // A bug here must fail the requests loudly, never leave them waiting forever.
+        const error = new SchedulerError(`inference scheduler failed: ${errorText(cause)}`)
+        for (const row of this.#live()) row.waiting.reject(error)
+        for (const waiting of this.#waiting.splice(0)) waiting.reject(error)
+        this.#clearBatch()
+      })
+      .finally(() => {
+        this.#loop = undefined
+        // Requests that arrived while the loop was winding down.
+        if (this.#waiting.length > 0 || this.#staged !== undefined) this.#start()
+      })
   }
 
-  /** Running rows that have not finished (finished ones stay in the batch until the next rebuild). */
-  #live(): number {
-    return this.#rows.reduce((n, row) => n + (row.next >= 0 ? 1 : 0), 0)
+  async #run(): Promise<void> {
+    while (this.#waiting.length > 0 || this.#live().length > 0 || this.#staged !== undefined) {
+      if (this.#closed) throw new Error("the inference actor closed")
+      if (this.#staged !== undefined) await this.#swapWeights()
+      if (this.#shouldAdmit()) {
+        this.#stepsSinceAdmission = 0
+        this.#place(await this.#prefill())
+      }
+      this.#compact()
+      if (this.#live().length > 0) await this.#decode()
+    }
+    this.#clearBatch()
+  }
+
+  /**
+   * Admitting costs a prefill pass, so requests are admitted in groups: when maxBatchSize/8 of them wait
+   * (or all the room there is), when nothing runs, or after 4 decode steps at most.
+   */
+  #shouldAdmit(): boolean {
+    const room = this.#options.maxBatchSize - this.#live().length
+    if (this.#waiting.length === 0 || room === 0) return false
+    const group = Math.min(room, Math.max(1, Math.floor(this.#options.maxBatchSize / 8)))
+    return this.#live().length === 0 || this.#waiting.length >= group || this.#stepsSinceAdmission >= 4
+  }
+
+  #live(): Array<Row> {
+    return this.#slots.filter((row): row is Row => row !== undefined)
+  }
+
+  #clearBatch(): void {
+    this.#slots = []
+    this.#keys = []
+    this.#values = []
+    this.#length = 0
+    this.#capacity = 0
   }
 
   async #swapWeights(): Promise<void> {
@@ -245,17 +267,17 @@ export class BatchScheduler {
     }
   }
 
-  async #forward(inputs: Parameters<OnnxCausalLM["forward"]>[0]): Promise<ForwardOutputs> {
+  async #forward(kind: "prefill" | "decode", inputs: ForwardInputs): Promise<ForwardOutputs> {
     const started = performance.now()
     const out = await this.#model.forward(inputs)
-    this.stats.forwardMs += performance.now() - started
+    this.stats[kind === "prefill" ? "prefillMs" : "decodeMs"] += performance.now() - started
     return out
   }
 
   /** Admits waiting requests with one batched prefill; returns the rows that joined (some may already be finished). */
   async #prefill(): Promise<Array<Row>> {
     const { numLayers, kvHeads, headDim, vocabSize } = this.#model.shape
-    const room = this.#options.maxBatchSize - this.#live()
+    const room = this.#options.maxBatchSize - this.#live().length
     const admitted: Array<{ waiting: Waiting; cached: CachedSequence | undefined; fresh: ReadonlyArray<number> }> = []
     let longestNew = 0
     while (admitted.length < room && this.#waiting.length > 0) {
@@ -275,6 +297,8 @@ export class BatchScheduler {
       admitted.push({ waiting, cached, fresh })
     }
 
+    // Each row: its cached part left-padded to the longest cache, then its new part left-padded to the
+    // longest new part. Real positions may have a gap between the two; the mask and position ids say which.
     const batch = admitted.length
     const pastLength = Math.max(0, ...admitted.map((a) => a.cached?.tokens.length ?? 0))
     const total = pastLength + longestNew
@@ -307,7 +331,7 @@ export class BatchScheduler {
 
     let out: ForwardOutputs
     try {
-      out = await this.#forward({ batch, sequenceLength: longestNew, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues })
+      out = await this.#forward("prefill", { batch, sequenceLength: longestNew, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues })
     } catch (cause) {
       // A failed forward pass fails the requests in it, never the scheduler.
       for (const { waiting } of admitted) waiting.reject(new SchedulerError(`inference failed: ${errorText(cause)}`))
@@ -320,6 +344,18 @@ export class BatchScheduler {
       this.stats.requests += 1
       this.stats.prefillTokens += fresh.length
       this.stats.newTokens += request.contextIds.length - (this.#seen.get(request.episodeId) ?? 0)
+      // The row's whole keys and values, compact: the cached part, then the real new positions.
+      const started = performance.now()
+      const n = past + fresh.length
+      const join = (cachedPart: Float32Array | undefined, newPart: Float32Array) => {
+        const joined = new Float32Array(kvHeads * n * headDim)
+        for (let h = 0; h < kvHeads; h++) {
+          if (cachedPart !== undefined) joined.set(cachedPart.subarray(h * past * headDim, (h + 1) * past * headDim), h * n * headDim)
+          const from = ((b * kvHeads + h) * longestNew + longestNew - fresh.length) * headDim
+          joined.set(newPart.subarray(from, from + fresh.length * headDim), (h * n + past) * headDim)
+        }
+        return joined
+      }
       const row: Row = {
         waiting,
         sampler: makeSampler(request, request.seed),
@@ -328,60 +364,78 @@ export class BatchScheduler {
         tokenIds: [],
         logprobs: [],
         policyVersion: this.#version,
-        placement: {
-          keys: out.presentKeys,
-          values: out.presentValues,
-          length: total,
-          index: b,
-          runs: [[pastLength - past, past], [total - fresh.length, fresh.length]]
+        pending: {
+          tokens: request.contextIds,
+          keys: Array.from({ length: numLayers }, (_, layer) => join(cached?.keys[layer], out.newKeys[layer]!)),
+          values: Array.from({ length: numLayers }, (_, layer) => join(cached?.values[layer], out.newValues[layer]!))
         }
       }
+      this.stats.copyMs += performance.now() - started
       const last = (b * longestNew + longestNew - 1) * vocabSize
       this.#accept(row, out.logits.subarray(last, last + vocabSize))
       return row
     })
   }
 
-  /** One decode step for every running row; true when some row finished (the batch needs a rebuild). */
-  async #decode(): Promise<boolean> {
-    const rows = this.#rows
-    const batch = rows.length
-    const total = this.#length + 1
-    const inputIds = BigInt64Array.from(rows, (row) => BigInt(row.next))
-    const positionIds = BigInt64Array.from(rows, (row) => BigInt(row.fed.length))
-    const attentionMask = new BigInt64Array(batch * total)
-    rows.forEach((row, b) => attentionMask.fill(1n, b * total + total - row.fed.length - 1, (b + 1) * total))
+  /** One decode step for every slot; free slots run a padding token that nothing reads. */
+  async #decode(): Promise<void> {
+    const { numLayers, kvHeads, headDim, vocabSize } = this.#model.shape
+    const slots = this.#slots
+    const batch = slots.length
+    const capacity = this.#capacity
+    const column = this.#length
+    const inputIds = BigInt64Array.from(slots, (row) => BigInt(row?.next ?? 0))
+    const positionIds = BigInt64Array.from(slots, (row) => BigInt(row?.fed.length ?? 0))
+    // The new token comes after all `capacity` columns; each row sees its own columns and the new token.
+    const attentionMask = new BigInt64Array(batch * (capacity + 1))
+    slots.forEach((row, b) => {
+      if (row === undefined) return
+      attentionMask.fill(1n, b * (capacity + 1) + column - row.fed.length, b * (capacity + 1) + column)
+      attentionMask[b * (capacity + 1) + capacity] = 1n
+    })
     let out: ForwardOutputs
     try {
-      out = await this.#forward({
-        batch, sequenceLength: 1, pastLength: this.#length, inputIds, positionIds, attentionMask,
+      out = await this.#forward("decode", {
+        batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
         pastKeys: this.#keys, pastValues: this.#values
       })
     } catch (cause) {
-      for (const row of rows) row.waiting.reject(new SchedulerError(`inference failed: ${errorText(cause)}`))
-      this.#rows = []
-      this.#keys = []
-      this.#values = []
-      this.#length = 0
-      return false
+      for (const row of this.#live()) row.waiting.reject(new SchedulerError(`inference failed: ${errorText(cause)}`))
+      this.#clearBatch()
+      return
     }
     this.stats.decodeSteps += 1
-    this.stats.decodeRows += batch
-    this.#keys = [...out.presentKeys]
-    this.#values = [...out.presentValues]
-    this.#length = total
-    const vocab = this.#model.shape.vocabSize
-    let finished = false
-    rows.forEach((row, b) => {
-      row.fed.push(row.next)
-      row.placement = { keys: this.#keys, values: this.#values, length: total, index: b, runs: [[total - row.fed.length, row.fed.length]] }
-      if (this.#accept(row, out.logits.subarray(b * vocab, (b + 1) * vocab))) finished = true
+    this.#stepsSinceAdmission += 1
+    // Every running row's new key and value go into the batch at column `column`.
+    const started = performance.now()
+    slots.forEach((row, b) => {
+      if (row === undefined) return
+      for (let layer = 0; layer < numLayers; layer++) {
+        for (let h = 0; h < kvHeads; h++) {
+          const to = ((b * kvHeads + h) * capacity + column) * headDim
+          const from = (b * kvHeads + h) * headDim
+          this.#keys[layer]!.set(out.newKeys[layer]!.subarray(from, from + headDim), to)
+          this.#values[layer]!.set(out.newValues[layer]!.subarray(from, from + headDim), to)
+        }
+      }
     })
-    return finished
+    this.#length = column + 1
+    this.stats.copyMs += performance.now() - started
+    slots.forEach((row, b) => {
+      if (row === undefined) return
+      this.stats.decodeRows += 1
+      row.fed.push(row.next)
+      if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), b)) slots[b] = undefined
+    })
+    // Out of room: lay the batch out again with fresh headroom.
+    if (this.#length === this.#capacity && this.#live().length > 0) this.#rebuild([])
   }
 
-  /** Samples the row's next token; if that ends the turn, caches the row, resolves it and returns true. */
-  #accept(row: Row, logits: Float32Array): boolean {
+  /**
+   * Samples the row's next token (`slot`: where the row sits in the batch, if it does). If that ends the
+   * turn, caches the row's keys and values under its episode, resolves the request and returns true.
+   */
+  #accept(row: Row, logits: Float32Array, slot?: number): boolean {
     const request = row.waiting.request
     const replayed = request.replay?.[row.tokenIds.length]
     const sample = replayed === undefined ? row.sampler(logits) : { token: replayed, logprob: logProbability(logits, replayed) }
@@ -392,13 +446,14 @@ export class BatchScheduler {
     const finishReason = this.#finishReason(row, sample.token)
     if (finishReason === undefined) return false
     const copyStarted = performance.now()
-    this.#cache.put(request.episodeId, this.#extract(row))
+    this.#cache.put(request.episodeId, slot === undefined ? row.pending! : this.#extract(row, slot))
     this.stats.evictions = this.#cache.evictions
     this.stats.copyMs += performance.now() - copyStarted
     // The last sampled token was never run through the model: it is new to the next turn.
     this.#seen.set(request.episodeId, request.contextIds.length + row.tokenIds.length - 1)
     row.waiting.resolve({ tokenIds: row.tokenIds, logprobs: row.logprobs, finishReason, policyVersion: row.policyVersion })
     row.next = -1
+    row.pending = undefined
     return true
   }
 
@@ -412,60 +467,99 @@ export class BatchScheduler {
     return undefined
   }
 
-  /** The row's keys and values, compact: per layer [kvHeads, fed, headDim]. */
-  #extract(row: Row): CachedSequence {
+  /** The keys and values of the row in `slot`, compact: per layer [kvHeads, fed, headDim]. */
+  #extract(row: Row, slot: number): CachedSequence {
     const { numLayers, kvHeads, headDim } = this.#model.shape
     const n = row.fed.length
     const copy = (sources: ReadonlyArray<Float32Array>) =>
       Array.from({ length: numLayers }, (_, layer) => {
         const out = new Float32Array(kvHeads * n * headDim)
-        copyRuns(sources[layer]!, row.placement, kvHeads, headDim, out, h => h * n * headDim)
+        for (let h = 0; h < kvHeads; h++) {
+          const from = ((slot * kvHeads + h) * this.#capacity + this.#length - n) * headDim
+          out.set(sources[layer]!.subarray(from, from + n * headDim), h * n * headDim)
+        }
         return out
       })
-    return { tokens: row.fed, keys: copy(row.placement.keys), values: copy(row.placement.values) }
+    return { tokens: row.fed, keys: copy(this.#keys), values: copy(this.#values) }
   }
 
-  /** The decode batch after rows left and joined: every running row, left-padded to the longest. */
-  #rebuild(joined: ReadonlyArray<Row>): void {
+  /** Puts rows that joined (and have not already finished) into free slots, copying only their keys and values. */
+  #place(joined: ReadonlyArray<Row>): void {
+    const rows = joined.filter((row) => row.next >= 0)
+    if (rows.length === 0) return
+    const free = this.#slots.flatMap((row, b) => (row === undefined ? [b] : []))
+    const longest = Math.max(...rows.map((row) => row.fed.length))
+    if (free.length < rows.length || longest > this.#length) {
+      // No room, or a joiner longer than the batch: lay the batch out afresh with everyone in it.
+      this.#rebuild(rows)
+      return
+    }
+    const started = performance.now()
+    rows.forEach((row, i) => this.#write(row, free[i]!, this.#keys, this.#values, this.#capacity, this.#length))
+    this.stats.copyMs += performance.now() - started
+  }
+
+  /** Copies a waiting row's keys and values into `slot` of the given buffers, ending at column `end`. */
+  #write(row: Row, slot: number, keys: Array<Float32Array>, values: Array<Float32Array>, capacity: number, end: number): void {
+    const { numLayers, kvHeads, headDim } = this.#model.shape
+    const n = row.fed.length
+    const sequence = row.pending!
+    for (let layer = 0; layer < numLayers; layer++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const to = ((slot * kvHeads + h) * capacity + end - n) * headDim
+        keys[layer]!.set(sequence.keys[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
+        values[layer]!.set(sequence.values[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
+      }
+    }
+    row.pending = undefined
+    this.#slots[slot] = row
+  }
+
+  /**
+   * Shrinks the batch when it carries much more padding than rows: long rows may have left, and free
+   * slots still cost compute when nothing waits to fill them.
+   */
+  #compact(): void {
+    const live = this.#live()
+    if (live.length === 0) return this.#clearBatch()
+    const longest = Math.max(...live.map((row) => row.fed.length))
+    const tooLong = this.#length > longest * 1.25 + HEADROOM
+    const tooWide = this.#waiting.length === 0 && live.length <= this.#slots.length / 2
+    if (tooLong || tooWide) this.#rebuild([])
+  }
+
+  /** Lays out the decode batch afresh: the running rows, then `joining`, left-padded to the longest, with headroom. */
+  #rebuild(joining: ReadonlyArray<Row>): void {
     const started = performance.now()
     const { numLayers, kvHeads, headDim } = this.#model.shape
-    const rows = [...this.#rows, ...joined].filter((row) => row.next >= 0)
-    const length = Math.max(0, ...rows.map((row) => row.fed.length))
-    const keys = Array.from({ length: numLayers }, () => new Float32Array(rows.length * kvHeads * length * headDim))
-    const values = Array.from({ length: numLayers }, () => new Float32Array(rows.length * kvHeads * length * headDim))
-    rows.forEach((row, b) => {
-      const offset = (h: number) => ((b * kvHeads + h) * length + length - row.fed.length) * headDim
+    const staying = this.#live()
+    const count = staying.length + joining.length
+    // Room for those still waiting, so that they can join without another rebuild.
+    const width = Math.max(count, Math.min(this.#options.maxBatchSize, count + this.#waiting.length))
+    const length = Math.max(...staying.map((row) => row.fed.length), ...joining.map((row) => row.fed.length))
+    const capacity = Math.min(length + HEADROOM, this.#options.maxPositions)
+    const keys = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
+    const values = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
+    const oldSlots = this.#slots
+    staying.forEach((row, b) => {
+      const slot = oldSlots.indexOf(row)
+      const n = row.fed.length
       for (let layer = 0; layer < numLayers; layer++) {
-        copyRuns(row.placement.keys[layer]!, row.placement, kvHeads, headDim, keys[layer]!, offset)
-        copyRuns(row.placement.values[layer]!, row.placement, kvHeads, headDim, values[layer]!, offset)
+        for (let h = 0; h < kvHeads; h++) {
+          const from = ((slot * kvHeads + h) * this.#capacity + this.#length - n) * headDim
+          const to = ((b * kvHeads + h) * capacity + length - n) * headDim
+          keys[layer]!.set(this.#keys[layer]!.subarray(from, from + n * headDim), to)
+          values[layer]!.set(this.#values[layer]!.subarray(from, from + n * headDim), to)
+        }
       }
-      row.placement = { keys, values, length, index: b, runs: [[length - row.fed.length, row.fed.length]] }
     })
-    this.#rows = rows
+    this.#slots = [...staying, ...new Array<undefined>(width - staying.length)]
+    joining.forEach((row, i) => this.#write(row, staying.length + i, keys, values, capacity, length))
     this.#keys = keys
     this.#values = values
     this.#length = length
+    this.#capacity = capacity
     this.stats.copyMs += performance.now() - started
-  }
-}
-
-/** Copies a row's real positions, head by head, to `out` starting at `offset(head)`. */
-const copyRuns = (
-  source: Float32Array,
-  placement: Placement,
-  kvHeads: number,
-  headDim: number,
-  out: Float32Array,
-  offset: (head: number) => number
-): void => {
-  for (let h = 0; h < kvHeads; h++) {
-    let to = offset(h)
-    const base = (placement.index * kvHeads + h) * placement.length
-    for (const [start, count] of placement.runs) {
-      if (count === 0) continue
-      out.set(source.subarray((base + start) * headDim, (base + start + count) * headDim), to)
-      to += count * headDim
-    }
   }
 }
 

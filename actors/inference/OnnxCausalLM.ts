@@ -34,9 +34,9 @@ export interface ForwardInputs {
 export interface ForwardOutputs {
   /** [batch, sequenceLength, vocab] */
   readonly logits: Float32Array
-  /** Per layer [batch, kvHeads, pastLength + sequenceLength, headDim] */
-  readonly presentKeys: ReadonlyArray<Float32Array>
-  readonly presentValues: ReadonlyArray<Float32Array>
+  /** Per layer [batch, kvHeads, sequenceLength, headDim]: the keys and values of the positions just run. */
+  readonly newKeys: ReadonlyArray<Float32Array>
+  readonly newValues: ReadonlyArray<Float32Array>
 }
 
 export class ModelLoadError extends Error {
@@ -99,6 +99,8 @@ export class OnnxCausalLM {
   #session: ort.InferenceSession
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
+  /** Our exporter's graphs also output the new positions' keys and values alone (new_key_values.N.*). */
+  readonly #fetches: Array<string> | undefined
   readonly #keyName: (layer: number) => string
   readonly #valueName: (layer: number) => string
 
@@ -122,6 +124,10 @@ export class OnnxCausalLM {
     // Optimum names them past_key_values.N.key; a few older exports use past_key_values.N.decoder.key.
     const style = inputs.includes("past_key_values.0.key") ? "" : inputs.includes("past_key_values.0.decoder.key") ? "decoder." : undefined
     if (style === undefined) throw new ModelLoadError(`${directory}: the ONNX graph has no past_key_values.0.key input (export it with the KV cache)`)
+    const outputs = created.session.outputNames
+    this.#fetches = outputs.includes("new_key_values.0.key")
+      ? ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
+      : undefined
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
   }
@@ -159,17 +165,31 @@ export class OnnxCausalLM {
       feeds[this.#keyName(layer)] = new ort.Tensor("float32", inputs.pastKeys[layer]!, [b, kvHeads, p, headDim])
       feeds[this.#valueName(layer)] = new ort.Tensor("float32", inputs.pastValues[layer]!, [b, kvHeads, p, headDim])
     }
-    const out = await this.#session.run(feeds)
-    const presentKeys: Array<Float32Array> = []
-    const presentValues: Array<Float32Array> = []
+    // Fetching the whole present cache costs more than the step itself (a copy into JavaScript of every
+    // key and value); when the graph offers the new positions alone, only those cross over.
+    const out = this.#fetches === undefined ? await this.#session.run(feeds) : await this.#session.run(feeds, this.#fetches)
+    const newKeys: Array<Float32Array> = []
+    const newValues: Array<Float32Array> = []
     for (let layer = 0; layer < numLayers; layer++) {
-      presentKeys.push(out[`present.${layer}.key`]!.data as Float32Array)
-      presentValues.push(out[`present.${layer}.value`]!.data as Float32Array)
+      if (this.#fetches !== undefined) {
+        newKeys.push(out[`new_key_values.${layer}.key`]!.data as Float32Array)
+        newValues.push(out[`new_key_values.${layer}.value`]!.data as Float32Array)
+      } else {
+        newKeys.push(lastPositions(out[`present.${layer}.key`]!.data as Float32Array, b * kvHeads, p + s, s, headDim))
+        newValues.push(lastPositions(out[`present.${layer}.value`]!.data as Float32Array, b * kvHeads, p + s, s, headDim))
+      }
     }
-    return { logits: out.logits!.data as Float32Array, presentKeys, presentValues }
+    return { logits: out.logits!.data as Float32Array, newKeys, newValues }
   }
 
   async release(): Promise<void> {
     await this.#session.release()
   }
+}
+
+/** The last `count` of `length` positions of each of `rows` rows of [rows, length, headDim]. */
+const lastPositions = (data: Float32Array, rows: number, length: number, count: number, headDim: number): Float32Array => {
+  const out = new Float32Array(rows * count * headDim)
+  for (let r = 0; r < rows; r++) out.set(data.subarray((r * length + length - count) * headDim, (r * length + length) * headDim), r * count * headDim)
+  return out
 }

@@ -5,6 +5,7 @@
  *   input_ids [batch, seq], attention_mask [batch, past + seq], position_ids [batch, seq],
  *   past_key_values.N.key/value [batch, kv_heads, past, head_dim]
  *     -> logits [batch, seq, vocab], present.N.key/value [batch, kv_heads, past + seq, head_dim]
+ *        (and new_key_values.N.key/value [batch, kv_heads, seq, head_dim]: present's last seq positions)
  *
  * Attention follows the mask, not the layout: a key is visible to a query when the mask says it is real and
  * it does not come later in the sequence. So rows may carry padding anywhere (the inference actor pads in
@@ -185,8 +186,12 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const k = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.k_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
     const v = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.v_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
     const qRotated = g.node("Mul", [rotate(q, cosQ, sinQ), scale])
-    const presentKey = g.node("Concat", [`past_key_values.${i}.key`, rotate(k, cosK, sinK)], [int("axis", 2)], `present.${i}.key`)
-    const presentValue = g.node("Concat", [`past_key_values.${i}.value`, v], [int("axis", 2)], `present.${i}.value`)
+    // The new positions' keys and values are also outputs of their own (new_key_values.N.*): the inference
+    // actor keeps its caches itself and fetches only these, instead of the whole present cache every step.
+    const newKey = g.node("Identity", [rotate(k, cosK, sinK)], [], `new_key_values.${i}.key`)
+    const newValue = g.node("Identity", [v], [], `new_key_values.${i}.value`)
+    const presentKey = g.node("Concat", [`past_key_values.${i}.key`, newKey], [int("axis", 2)], `present.${i}.key`)
+    const presentValue = g.node("Concat", [`past_key_values.${i}.value`, newValue], [int("axis", 2)], `present.${i}.value`)
     // Unsqueeze then swap the last two axes right before the MatMul, where ONNX Runtime fuses the transpose away.
     const keysT = g.node("Transpose", [g.node("Unsqueeze", [presentKey, shape64(`axis_2_${i}`, [2])])], [ints("perm", [0, 1, 2, 4, 3])])
     const scores = g.node("Add", [g.node("MatMul", [qRotated, keysT]), attentionBias])
@@ -217,6 +222,7 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     for (const kind of ["key", "value"]) {
       inputs.push(valueInfo(`past_key_values.${i}.${kind}`, FLOAT, ["batch_size", kvHeads, "past_sequence_length", d]))
       outputs.push(valueInfo(`present.${i}.${kind}`, FLOAT, ["batch_size", kvHeads, "total_sequence_length", d]))
+      outputs.push(valueInfo(`new_key_values.${i}.${kind}`, FLOAT, ["batch_size", kvHeads, "sequence_length", d]))
     }
   }
   const model = onnx.ModelProto.create({

@@ -38,7 +38,7 @@ const toSymbols = (piece: string): Array<string> => [...new TextEncoder().encode
 export const environmentCorpus = async (episodesPerEnvironment = 400): Promise<Array<string>> => {
   const registry = EnvironmentRegistry.builtins()
   const signal = new AbortController().signal
-  const texts: Array<string> = ["system", "user", "assistant", "tool"]
+  const texts: Array<string> = ["system", "user", "assistant", "tool", "tool"]
   const random = mulberry32(7)
   const cannedReplies = ["#### 12", "The answer is #### 42", "I think it is 7.", "Sure! Here is a tip: take short breaks.", "Waves, salt, wind, blue, deep."]
   for (const name of registry.names()) {
@@ -48,18 +48,20 @@ export const environmentCorpus = async (episodesPerEnvironment = 400): Promise<A
       for (const message of row.prompt) texts.push(message.content)
       const environment: Environment = definition.make({})
       const reset = await environment.reset({ seed: Number(row.extra_info?.seed ?? i), row, signal })
-      if (reset.systemPrompt !== undefined) texts.push(reset.systemPrompt)
+      if (reset.systemPrompt !== undefined) texts.push("system", reset.systemPrompt)
       let observation = typeof reset.observation === "string" ? reset.observation : ""
       if (Array.isArray(reset.observation)) for (const message of reset.observation) texts.push(message.content)
       else texts.push(observation)
-      // Solve half the grid-quest games and wander in the rest, so both kinds of feedback are seen.
+      // Solve half the grid-quest games and wander in the rest, sometimes with commands the game cannot read,
+      // so every kind of feedback is seen.
       const wander = i % 2 === 1
       for (let step = 0; step < 14; step++) {
         const action =
           name === "grid-quest"
-            ? wander ? randomValidAction(random) : solveGridQuest(observation)
+            ? wander ? random() < 0.3 ? "go somewhere" : randomValidAction(random) : solveGridQuest(observation)
             : cannedReplies[Math.floor(random() * cannedReplies.length)]!
-        texts.push(action)
+        // Every message is framed by its role in the chat template, so role names are frequent words.
+        texts.push("user", "assistant", action)
         const result = await environment.step(action, { signal })
         texts.push(result.observation)
         observation = result.observation
