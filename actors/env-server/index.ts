@@ -18,7 +18,6 @@ import { createHash, timingSafeEqual } from "node:crypto"
 import { createServer } from "node:http"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
-import { decodeOrProblem, Milliseconds, PositiveInt } from "../../src/EngineSchema.ts"
 import type { EnvironmentDefinition } from "../../src/Environment.ts"
 import { EnvironmentRegistry } from "../../src/environments/registry.ts"
 import { errorMessage } from "../../src/errorMessage.ts"
@@ -32,53 +31,11 @@ import {
   ResetRequest,
   StepRequest
 } from "../../src/remote/OpenEnvProtocol.ts"
+import { type EnvServerOptions, EnvServerError, resolveSettings, type Settings } from "./options.ts"
 import * as Sessions from "./sessions.ts"
 
+export { defaults, EnvServerError, type EnvServerOptions } from "./options.ts"
 export { RequestError } from "./sessions.ts"
-
-export interface EnvServerOptions {
-  /** The environment every session runs. */
-  readonly definition: EnvironmentDefinition<any>
-  /** Passed to the definition's `make` for every session. */
-  readonly config?: Record<string, unknown> | undefined
-  /** Default 127.0.0.1: the server is reachable from this machine only unless told otherwise. */
-  readonly host?: string | undefined
-  /** Default 8000; 0 picks a free port. */
-  readonly port?: number | undefined
-  readonly maxSessions?: number | undefined
-  /** Sessions with no request for this long are ended. */
-  readonly idleTimeoutMs?: number | undefined
-  /** Time limit of one environment call (reset, step, close). */
-  readonly callTimeoutMs?: number | undefined
-  /** Largest request body or WebSocket message. */
-  readonly maxBodyBytes?: number | undefined
-  /** When set, every endpoint but /health needs `Authorization: Bearer <token>`. */
-  readonly token?: string | undefined
-}
-
-export const defaults = {
-  host: "127.0.0.1",
-  port: 8000,
-  maxSessions: 1024,
-  idleTimeoutMs: 300_000,
-  callTimeoutMs: 30_000,
-  maxBodyBytes: 1024 * 1024
-} as const
-
-const Settings = Schema.Struct({
-  host: Schema.String.check(Schema.isMinLength(1)),
-  port: Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 65_535 })),
-  maxSessions: PositiveInt,
-  idleTimeoutMs: Milliseconds,
-  callTimeoutMs: Milliseconds,
-  maxBodyBytes: PositiveInt,
-  token: Schema.optional(Schema.String.check(Schema.isMinLength(1)))
-})
-type Settings = typeof Settings.Type
-
-export class EnvServerError extends Schema.TaggedError<EnvServerError>()("EnvServerError", {
-  message: Schema.String
-}) {}
 
 export interface EnvServer {
   /** `http://host:port`; the WebSocket is at `ws://host:port/ws`. */
@@ -240,7 +197,7 @@ const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, ses
   const authorized = (request: HttpServerRequest.HttpServerRequest) =>
     expected === undefined || timingSafeEqual(digest(request.headers["authorization"] ?? ""), expected)
   const unauthorized = errorResponse(new Sessions.RequestError({
-    code: "SESSION_ERROR",
+    code: "UNAUTHORIZED",
     status: 401,
     message: "missing or wrong bearer token (send Authorization: Bearer <token>)"
   }))
@@ -304,21 +261,6 @@ const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, ses
   ])
 }
 
-const resolveSettings = (options: EnvServerOptions): Effect.Effect<Settings, EnvServerError> => {
-  const checked = decodeOrProblem(Settings, {
-    host: options.host ?? defaults.host,
-    port: options.port ?? defaults.port,
-    maxSessions: options.maxSessions ?? defaults.maxSessions,
-    idleTimeoutMs: options.idleTimeoutMs ?? defaults.idleTimeoutMs,
-    callTimeoutMs: options.callTimeoutMs ?? defaults.callTimeoutMs,
-    maxBodyBytes: options.maxBodyBytes ?? defaults.maxBodyBytes,
-    token: options.token
-  })
-  return Result.isFailure(checked)
-    ? Effect.fail(new EnvServerError({ message: `env server options: ${checked.failure}` }))
-    : Effect.succeed(checked.success)
-}
-
 /** Serves `options.definition` until the scope closes; the scope's end ends every session first. */
 export const serve = (options: EnvServerOptions): Effect.Effect<EnvServer, EnvServerError, Scope.Scope> =>
   Effect.gen(function*() {
@@ -333,7 +275,9 @@ export const serve = (options: EnvServerOptions): Effect.Effect<EnvServer, EnvSe
     const server = yield* NodeHttpServer.make(() => createServer(), {
       host: settings.host,
       port: settings.port,
-      websocket: { maxPayload: settings.maxBodyBytes },
+      // Without client tracking, closing the WebSocket server does not wait for the open connections, which
+      // the sessions' own ending closes.
+      websocket: { maxPayload: settings.maxBodyBytes, clientTracking: false },
       gracefulShutdownTimeout: "2 seconds"
     }).pipe(Effect.mapError((error) => new EnvServerError({ message: `cannot listen on ${settings.host}:${settings.port}: ${errorMessage(error.cause)}` })))
     const handler = yield* HttpRouter.toHttpEffect(makeApp(settings, options.definition, sessions))

@@ -1,6 +1,8 @@
 /**
  * The `episodic` command line. `episodic run [experiment]` runs an experiment file (default: the default
  * experiment in experiments/) and writes runs/<name>/trajectories.jsonl and summary.json.
+ * `episodic model init` makes a model directory from nothing. `episodic serve-env <environment>` serves an environment over OpenEnv's HTTP/WebSocket protocol until
+ * Ctrl-C or SIGTERM.
  *
  * Ctrl-C (or SIGTERM, as a job scheduler sends it) is gentle the first time: no new episodes start, running
  * ones end `interrupted` and are written whole, the summary is written, and the process exits 130. A second
@@ -12,8 +14,11 @@ import { Argument, CliError, Command, Flag } from "effect/cli"
 import { existsSync } from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
+import * as EnvServerOptions from "../../actors/env-server/options.ts"
+import { errorMessage } from "../errorMessage.ts"
 import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
 import * as Run from "../Run.ts"
+import { model } from "./model.ts"
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 const defaultExperiment = path.join(packageRoot, "experiments", "grid-quest.ts")
@@ -113,9 +118,86 @@ const run = Command.make(
   ])
 )
 
+const serveEnv = Command.make(
+  "serve-env",
+  {
+    environment: Argument.String("environment").pipe(
+      Argument.withDescription("The environment to serve: grid-quest, arithmetic, chat, or one from --environments")
+    ),
+    port: Flag.Int("port").pipe(Flag.withDescription(`Port to listen on; 0 picks a free one (default ${EnvServerOptions.defaults.port})`), Flag.withDefault(EnvServerOptions.defaults.port)),
+    host: Flag.String("host").pipe(
+      Flag.withDescription("Address to bind: 127.0.0.1 (the default) is this machine only, 0.0.0.0 every interface"),
+      Flag.withDefault(EnvServerOptions.defaults.host)
+    ),
+    maxSessions: Flag.Int("max-sessions").pipe(
+      Flag.withDescription(`Sessions at once; more are refused with CAPACITY_REACHED (default ${EnvServerOptions.defaults.maxSessions})`),
+      Flag.withDefault(EnvServerOptions.defaults.maxSessions)
+    ),
+    idleTimeoutMs: Flag.Int("idle-timeout-ms").pipe(
+      Flag.withDescription(`Sessions idle for this long are ended (default ${EnvServerOptions.defaults.idleTimeoutMs})`),
+      Flag.withDefault(EnvServerOptions.defaults.idleTimeoutMs)
+    ),
+    maxBodyBytes: Flag.Int("max-body-bytes").pipe(
+      Flag.withDescription(`Largest request body or WebSocket message (default ${EnvServerOptions.defaults.maxBodyBytes})`),
+      Flag.withDefault(EnvServerOptions.defaults.maxBodyBytes)
+    ),
+    token: Flag.String("token").pipe(
+      Flag.withDescription("Bearer token every request but /health must carry (default: $EPISODIC_ENV_TOKEN, if set)"),
+      Flag.optional
+    ),
+    environments: Flag.String("environments").pipe(
+      Flag.withDescription("A module that default-exports an environment definition (or a list) to serve besides the built-in ones"),
+      Flag.optional
+    ),
+    config: Flag.String("config").pipe(Flag.withDescription("The environment's config, as JSON"), Flag.optional)
+  },
+  Effect.fn(function*(flags) {
+    // Loaded here, so that `episodic run` does not pay for the HTTP stack.
+    const EnvServer = yield* Effect.promise(() => import("../../actors/env-server/index.ts"))
+    const definition = yield* Effect.tryPromise({
+      try: () => EnvServer.findEnvironment(flags.environment, Option.getOrUndefined(flags.environments)),
+      catch: (cause) => new EnvServerOptions.EnvServerError({ message: errorMessage(cause) })
+    })
+    const config = yield* Effect.try({
+      try: () => Option.match(flags.config, { onNone: () => ({}), onSome: (text) => JSON.parse(text) as Record<string, unknown> }),
+      catch: (cause) => new EnvServerOptions.EnvServerError({ message: `--config is not JSON: ${errorMessage(cause)}` })
+    })
+    yield* Effect.scoped(Effect.gen(function*() {
+      const server = yield* EnvServer.serve({
+        definition,
+        config,
+        host: flags.host,
+        port: flags.port,
+        maxSessions: flags.maxSessions,
+        idleTimeoutMs: flags.idleTimeoutMs,
+        maxBodyBytes: flags.maxBodyBytes,
+        token: Option.getOrUndefined(flags.token) ?? (process.env["EPISODIC_ENV_TOKEN"] || undefined)
+      })
+      yield* Console.log(
+        `episodic serve-env ${definition.name}: listening on ${server.url} (WebSocket ${server.url.replace(/^http/, "ws")}/ws); Ctrl-C to stop`
+      )
+      const stop = yield* Deferred.make<void>()
+      const onSignal = () => Deferred.doneUnsafe(stop, Exit.void)
+      process.on("SIGINT", onSignal)
+      process.on("SIGTERM", onSignal)
+      yield* Deferred.await(stop).pipe(Effect.ensuring(Effect.sync(() => {
+        process.off("SIGINT", onSignal)
+        process.off("SIGTERM", onSignal)
+      })))
+    }))
+    yield* Console.log("episodic serve-env: stopped")
+  })
+).pipe(
+  Command.withDescription("Serve an environment over OpenEnv's protocol: POST /reset, POST /step, GET /state, GET /health, GET /schema, WebSocket /ws"),
+  Command.withExamples([
+    { command: "episodic serve-env grid-quest --port 8765", description: "Serve grid-quest on 127.0.0.1:8765" },
+    { command: "episodic serve-env my-env --environments my-env.ts --host 0.0.0.0", description: "Serve your own environment on every interface" }
+  ])
+)
+
 const episodic = Command.make("episodic").pipe(
   Command.withDescription("Multi-turn reinforcement learning for language models: episodes, environments, trajectories"),
-  Command.withSubcommands([run])
+  Command.withSubcommands([run, serveEnv, model])
 )
 
 const program = Command.run(episodic, { version: "0.1.0" }).pipe(Effect.provide(NodeServices.layer))

@@ -1,14 +1,23 @@
 /**
  * Environments by name: what a row's `interaction_kwargs.name` or an experiment's `environment.name` looks up. The builtins
- * come ready; users register their own alongside them.
+ * come ready; users register their own alongside them. A URL names a remote environment: `ws://`, `wss://`,
+ * `http://` or `https://` an OpenEnv-compatible server (RemoteEnvironment), `gym+http://` or `gym+https://` a
+ * Gym-style env server (GymEnvironment).
  */
 import type { EnvironmentDefinition } from "../Environment.ts"
+import { gymEnvironment } from "../remote/GymEnvironment.ts"
+import { remoteEnvironment } from "../remote/RemoteEnvironment.ts"
 import { arithmetic } from "./arithmetic.ts"
 import { chat } from "./chat.ts"
 import { gridQuest } from "./gridQuest.ts"
 
+const remoteUrl = /^(?:wss?|https?|gym\+https?):\/\//
+
 export class EnvironmentRegistry {
   readonly #definitions = new Map<string, EnvironmentDefinition>()
+  // One definition per URL, made on first use: its endpoints (and their circuit breakers) are shared by
+  // every episode of the run.
+  readonly #remote = new Map<string, EnvironmentDefinition>()
 
   /** A new registry holding grid-quest, arithmetic and chat. */
   static builtins(): EnvironmentRegistry {
@@ -24,16 +33,29 @@ export class EnvironmentRegistry {
   }
 
   get(name: string): EnvironmentDefinition {
-    const definition = this.#definitions.get(name)
+    const definition = this.#definitions.get(name) ?? this.#remoteDefinition(name)
     if (definition === undefined) {
       const known = this.names()
-      throw new Error(`unknown environment "${name}"; known environments: ${known.length > 0 ? known.join(", ") : "none"}`)
+      throw new Error(
+        `unknown environment "${name}"; known environments: ${known.length > 0 ? known.join(", ") : "none"}, ` +
+          "or the URL of an env server (ws://, http://, gym+http://)"
+      )
     }
     return definition
   }
 
   has(name: string): boolean {
-    return this.#definitions.has(name)
+    return this.#definitions.has(name) || remoteUrl.test(name)
+  }
+
+  #remoteDefinition(name: string): EnvironmentDefinition | undefined {
+    if (!remoteUrl.test(name)) return undefined
+    let definition = this.#remote.get(name)
+    if (definition === undefined) {
+      definition = (name.startsWith("gym+") ? gymEnvironment(name.slice("gym+".length), {}, name) : remoteEnvironment(name)) as EnvironmentDefinition
+      this.#remote.set(name, definition)
+    }
+    return definition
   }
 
   /** Registered names, sorted. */

@@ -130,7 +130,7 @@ export const ClientMessage = Schema.Union([
 ])
 export type ClientMessage = typeof ClientMessage.Type
 
-/** OpenEnv's WSErrorCode values. */
+/** OpenEnv's WSErrorCode values, and UNAUTHORIZED for a missing or wrong bearer token (episodic's). */
 export const ErrorCode = Schema.Literals([
   "INVALID_JSON",
   "UNKNOWN_TYPE",
@@ -138,7 +138,8 @@ export const ErrorCode = Schema.Literals([
   "EXECUTION_ERROR",
   "CAPACITY_REACHED",
   "FACTORY_ERROR",
-  "SESSION_ERROR"
+  "SESSION_ERROR",
+  "UNAUTHORIZED"
 ])
 export type ErrorCode = typeof ErrorCode.Type
 
