@@ -1,14 +1,16 @@
 /**
  * The tiny model's tokenizer: byte-level BPE (GPT-2's scheme, so any text round-trips exactly) whose merges
- * are learned from the built-in environments' own text, plus ChatML special tokens and a chat template.
- * A learned vocabulary makes an observation 15-25 tokens instead of 60-100 bytes, which is most of what
- * makes a CPU-sized model quick to run and to train. Training is deterministic: the same code always
+ * are learned from the built-in environments' own conversations, plus ChatML special tokens and a chat
+ * template. Merges may cross spaces, so the environments' stock phrases become single tokens: a grid-quest
+ * observation is about 12 tokens instead of 80 bytes, which is most of what makes a CPU-sized model quick
+ * to run and to train. Training is deterministic: the same code always
  * writes the same tokenizer.json.
  */
 import type { DatasetRow } from "../DatasetRow.ts"
 import type { Environment } from "../Environment.ts"
 import { randomValidAction, solveGridQuest } from "../environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../environments/registry.ts"
+import type { MessageInit } from "../Message.ts"
 import { mulberry32 } from "../Seed.ts"
 
 export const specialTokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] as const
@@ -20,10 +22,6 @@ export const chatTemplate =
   "{%- endfor %}" +
   "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 
-// GPT-2's pre-tokenizer: words, numbers, punctuation runs and spaces each become separate pieces, so merges
-// never cross a word boundary. transformers.js applies the same pattern when it loads the tokenizer.
-const pieces = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu
-
 // GPT-2's bytes_to_unicode: every byte gets a printable character, so BPE symbols are plain strings.
 const byteToChar: ReadonlyArray<string> = (() => {
   const printable = new Set<number>()
@@ -32,42 +30,48 @@ const byteToChar: ReadonlyArray<string> = (() => {
   return Array.from({ length: 256 }, (_, b) => String.fromCodePoint(printable.has(b) ? b : 256 + extra++))
 })()
 
-const toSymbols = (piece: string): Array<string> => [...new TextEncoder().encode(piece)].map((b) => byteToChar[b]!)
 
-/** Text the built-in environments produce: prompts, observations, feedback, and the commands that answer them. */
-export const environmentCorpus = async (episodesPerEnvironment = 400): Promise<Array<string>> => {
+/**
+ * Text as the tokenizer will meet it: the built-in environments' conversations rendered with the chat
+ * template and cut at the special tokens (which never merge with their neighbours), plus the commands
+ * alone, as a policy's reply is encoded on its own.
+ */
+export const environmentCorpus = async (episodesPerEnvironment = 150): Promise<Array<string>> => {
   const registry = EnvironmentRegistry.builtins()
   const signal = new AbortController().signal
-  const texts: Array<string> = ["system", "user", "assistant", "tool", "tool"]
+  const texts: Array<string> = []
   const random = mulberry32(7)
   const cannedReplies = ["#### 12", "The answer is #### 42", "I think it is 7.", "Sure! Here is a tip: take short breaks.", "Waves, salt, wind, blue, deep."]
+  const render = (messages: ReadonlyArray<MessageInit>) =>
+    messages.map((m) => `<|im_start|>${m.role}\n${m.content}<|im_end|>\n`).join("") + "<|im_start|>assistant\n"
   for (const name of registry.names()) {
     const definition = registry.get(name)
     const rows: ReadonlyArray<DatasetRow> = definition.rows?.({ seed: 0, count: episodesPerEnvironment, config: {} }) ?? []
     for (const [i, row] of rows.entries()) {
-      for (const message of row.prompt) texts.push(message.content)
       const environment: Environment = definition.make({})
       const reset = await environment.reset({ seed: Number(row.extra_info?.seed ?? i), row, signal })
-      if (reset.systemPrompt !== undefined) texts.push("system", reset.systemPrompt)
+      const messages: Array<MessageInit> = [...row.prompt]
+      if (reset.systemPrompt !== undefined) messages.unshift({ role: "system", content: reset.systemPrompt })
+      if (Array.isArray(reset.observation)) messages.push(...reset.observation)
+      else if (typeof reset.observation === "string") messages.push({ role: "user", content: reset.observation })
       let observation = typeof reset.observation === "string" ? reset.observation : ""
-      if (Array.isArray(reset.observation)) for (const message of reset.observation) texts.push(message.content)
-      else texts.push(observation)
-      // Solve half the grid-quest games and wander in the rest, sometimes with commands the game cannot read,
-      // so every kind of feedback is seen.
+      // Solve half the grid-quest games and wander in the rest, sometimes with commands the game cannot
+      // read, so every kind of feedback is seen.
       const wander = i % 2 === 1
       for (let step = 0; step < 14; step++) {
         const action =
           name === "grid-quest"
             ? wander ? random() < 0.3 ? "go somewhere" : randomValidAction(random) : solveGridQuest(observation)
             : cannedReplies[Math.floor(random() * cannedReplies.length)]!
-        // Every message is framed by its role in the chat template, so role names are frequent words.
-        texts.push("user", "assistant", action)
+        texts.push(action)
+        messages.push({ role: "assistant", content: action })
         const result = await environment.step(action, { signal })
-        texts.push(result.observation)
         observation = result.observation
         if (result.done) break
+        messages.push({ role: result.role ?? "user", content: result.observation })
       }
       await environment.close?.()
+      texts.push(...render(messages).split(/<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>/).filter((piece) => piece.length > 0))
     }
   }
   return texts
@@ -81,46 +85,58 @@ export interface TrainedTokenizer {
   readonly ids: { readonly endOfText: number; readonly imStart: number; readonly imEnd: number }
 }
 
-/** Learns `vocabSize - 256 - 3` byte-pair merges from `texts` (most frequent pair first, ties by name). */
+/**
+ * Learns `vocabSize - 256 - 3` byte-pair merges from `texts` (most frequent pair first, ties to the lower
+ * pair). Texts are not split at spaces, so merges may span words: "You are at (" can become one token.
+ */
 export const trainTokenizer = (texts: ReadonlyArray<string>, vocabSize: number): TrainedTokenizer => {
-  const wordCounts = new Map<string, number>()
-  for (const text of texts) for (const match of text.matchAll(pieces)) wordCounts.set(match[0], (wordCounts.get(match[0]) ?? 0) + 1)
-  const words = [...wordCounts.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([piece, count]) => ({ symbols: toSymbols(piece), count }))
-
-  const vocab: Array<string> = [...specialTokens, ...byteToChar]
+  const pieceCounts = new Map<string, number>()
+  for (const text of texts) pieceCounts.set(text, (pieceCounts.get(text) ?? 0) + 1)
+  const encoder = new TextEncoder()
+  // Symbols are numbers: 0..255 the bytes, then one per merge.
+  const pieces = [...pieceCounts.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([text, count]) => ({ symbols: Array.from(encoder.encode(text)), count }))
+  const symbolText: Array<string> = [...byteToChar]
   const merges: Array<string> = []
-  while (vocab.length < vocabSize) {
-    const pairCounts = new Map<string, number>()
-    for (const { symbols, count } of words) {
+  const width = 1 << 16
+  while (specialTokens.length + symbolText.length < vocabSize) {
+    const pairCounts = new Map<number, number>()
+    for (const { symbols, count } of pieces) {
       for (let i = 0; i + 1 < symbols.length; i++) {
-        const pair = `${symbols[i]} ${symbols[i + 1]}`
+        const pair = symbols[i]! * width + symbols[i + 1]!
         pairCounts.set(pair, (pairCounts.get(pair) ?? 0) + count)
       }
     }
-    let best: string | undefined
+    let best = -1
     let bestCount = 1
     for (const [pair, count] of pairCounts) {
-      if (count > bestCount || (count === bestCount && best !== undefined && pair < best)) {
+      if (count > bestCount || (count === bestCount && best >= 0 && pair < best)) {
         best = pair
         bestCount = count
       }
     }
     // Nothing occurs twice any more: a larger vocabulary would only memorise.
-    if (best === undefined) break
-    const [left, right] = best.split(" ") as [string, string]
-    merges.push(best)
-    vocab.push(left + right)
-    for (const word of words) {
-      const merged: Array<string> = []
-      for (let i = 0; i < word.symbols.length; i++) {
-        if (i + 1 < word.symbols.length && word.symbols[i] === left && word.symbols[i + 1] === right) {
-          merged.push(left + right)
+    if (best < 0) break
+    const left = Math.floor(best / width)
+    const right = best % width
+    const merged = symbolText.length
+    merges.push(`${symbolText[left]} ${symbolText[right]}`)
+    symbolText.push(symbolText[left]! + symbolText[right]!)
+    for (const piece of pieces) {
+      const { symbols } = piece
+      let out = -1
+      for (let i = 0; i < symbols.length; i++) {
+        if (symbols[i] === left && symbols[i + 1] === right) {
+          if (out < 0) out = i
+          symbols[out++] = merged
           i++
-        } else merged.push(word.symbols[i]!)
+        } else if (out >= 0) symbols[out++] = symbols[i]!
       }
-      word.symbols = merged
+      if (out >= 0) symbols.length = out
     }
   }
+  const vocab: Array<string> = [...specialTokens, ...symbolText]
 
   const ids = { endOfText: 0, imStart: 1, imEnd: 2 }
   const addedTokens = specialTokens.map((content, id) => ({
@@ -138,7 +154,8 @@ export const trainTokenizer = (texts: ReadonlyArray<string>, vocabSize: number):
     padding: null,
     added_tokens: addedTokens,
     normalizer: null,
-    pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
+    // No split at spaces (use_regex false): the text between special tokens is one piece for BPE.
+    pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
     post_processor: null,
     decoder: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
     model: {
