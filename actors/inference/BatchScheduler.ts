@@ -89,8 +89,19 @@ interface Row {
   readonly tokenIds: Array<number>
   readonly logprobs: Array<number>
   readonly policyVersion: number
-  /** Keys and values of `fed` while the row waits for a slot; undefined once it sits in the batch. */
-  pending: CachedSequence | undefined
+  /** Where `fed`'s keys and values are while the row waits for a slot; undefined once it sits in the batch. */
+  pending: Prefilled | undefined
+}
+
+/** A prefilled row's keys and values: its cached part, then its new positions in the prefill's outputs. */
+interface Prefilled {
+  readonly cached: CachedSequence | undefined
+  readonly newKeys: ReadonlyArray<Float32Array>
+  readonly newValues: ReadonlyArray<Float32Array>
+  /** The row's index in the prefill batch, that batch's new length, and this row's new tokens. */
+  readonly index: number
+  readonly newLength: number
+  readonly fresh: number
 }
 
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
@@ -344,18 +355,6 @@ export class BatchScheduler {
       this.stats.requests += 1
       this.stats.prefillTokens += fresh.length
       this.stats.newTokens += request.contextIds.length - (this.#seen.get(request.episodeId) ?? 0)
-      // The row's whole keys and values, compact: the cached part, then the real new positions.
-      const started = performance.now()
-      const n = past + fresh.length
-      const join = (cachedPart: Float32Array | undefined, newPart: Float32Array) => {
-        const joined = new Float32Array(kvHeads * n * headDim)
-        for (let h = 0; h < kvHeads; h++) {
-          if (cachedPart !== undefined) joined.set(cachedPart.subarray(h * past * headDim, (h + 1) * past * headDim), h * n * headDim)
-          const from = ((b * kvHeads + h) * longestNew + longestNew - fresh.length) * headDim
-          joined.set(newPart.subarray(from, from + fresh.length * headDim), (h * n + past) * headDim)
-        }
-        return joined
-      }
       const row: Row = {
         waiting,
         sampler: makeSampler(request, request.seed),
@@ -364,13 +363,8 @@ export class BatchScheduler {
         tokenIds: [],
         logprobs: [],
         policyVersion: this.#version,
-        pending: {
-          tokens: request.contextIds,
-          keys: Array.from({ length: numLayers }, (_, layer) => join(cached?.keys[layer], out.newKeys[layer]!)),
-          values: Array.from({ length: numLayers }, (_, layer) => join(cached?.values[layer], out.newValues[layer]!))
-        }
+        pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength: longestNew, fresh: fresh.length }
       }
-      this.stats.copyMs += performance.now() - started
       const last = (b * longestNew + longestNew - 1) * vocabSize
       this.#accept(row, out.logits.subarray(last, last + vocabSize))
       return row
@@ -411,11 +405,15 @@ export class BatchScheduler {
     slots.forEach((row, b) => {
       if (row === undefined) return
       for (let layer = 0; layer < numLayers; layer++) {
+        const [keys, values, newKeys, newValues] = [this.#keys[layer]!, this.#values[layer]!, out.newKeys[layer]!, out.newValues[layer]!]
         for (let h = 0; h < kvHeads; h++) {
           const to = ((b * kvHeads + h) * capacity + column) * headDim
           const from = (b * kvHeads + h) * headDim
-          this.#keys[layer]!.set(out.newKeys[layer]!.subarray(from, from + headDim), to)
-          this.#values[layer]!.set(out.newValues[layer]!.subarray(from, from + headDim), to)
+          // A plain loop: head_dim numbers are too few to be worth a subarray and a set.
+          for (let d = 0; d < headDim; d++) {
+            keys[to + d] = newKeys[from + d]!
+            values[to + d] = newValues[from + d]!
+          }
         }
       }
     })
@@ -446,7 +444,7 @@ export class BatchScheduler {
     const finishReason = this.#finishReason(row, sample.token)
     if (finishReason === undefined) return false
     const copyStarted = performance.now()
-    this.#cache.put(request.episodeId, slot === undefined ? row.pending! : this.#extract(row, slot))
+    this.#cache.put(request.episodeId, slot === undefined ? this.#compactPending(row) : this.#extract(row, slot))
     this.stats.evictions = this.#cache.evictions
     this.stats.copyMs += performance.now() - copyStarted
     // The last sampled token was never run through the model: it is new to the next turn.
@@ -501,18 +499,40 @@ export class BatchScheduler {
 
   /** Copies a waiting row's keys and values into `slot` of the given buffers, ending at column `end`. */
   #write(row: Row, slot: number, keys: Array<Float32Array>, values: Array<Float32Array>, capacity: number, end: number): void {
-    const { numLayers, kvHeads, headDim } = this.#model.shape
-    const n = row.fed.length
-    const sequence = row.pending!
+    const { numLayers, kvHeads } = this.#model.shape
     for (let layer = 0; layer < numLayers; layer++) {
       for (let h = 0; h < kvHeads; h++) {
-        const to = ((slot * kvHeads + h) * capacity + end - n) * headDim
-        keys[layer]!.set(sequence.keys[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
-        values[layer]!.set(sequence.values[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
+        const to = (slot * kvHeads + h) * capacity + end - row.fed.length
+        this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, to)
       }
     }
     row.pending = undefined
     this.#slots[slot] = row
+  }
+
+  /** A waiting row's keys and values as a cache entry: per layer [kvHeads, fed, headDim]. */
+  #compactPending(row: Row): CachedSequence {
+    const { numLayers, kvHeads, headDim } = this.#model.shape
+    const n = row.fed.length
+    const keys = Array.from({ length: numLayers }, () => new Float32Array(kvHeads * n * headDim))
+    const values = Array.from({ length: numLayers }, () => new Float32Array(kvHeads * n * headDim))
+    for (let layer = 0; layer < numLayers; layer++) {
+      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * n)
+    }
+    return { tokens: row.fed, keys, values }
+  }
+
+  /** Copies one head of one layer of a prefilled row (cached part, then new part) to position `to` (in head_dim units). */
+  #copyPending(source: Prefilled, layer: number, h: number, keys: Float32Array, values: Float32Array, to: number): void {
+    const { kvHeads, headDim } = this.#model.shape
+    const past = source.cached?.tokens.length ?? 0
+    if (source.cached !== undefined) {
+      keys.set(source.cached.keys[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
+      values.set(source.cached.values[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
+    }
+    const from = ((source.index * kvHeads + h) * source.newLength + source.newLength - source.fresh) * headDim
+    keys.set(source.newKeys[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
+    values.set(source.newValues[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
   }
 
   /**

@@ -4,6 +4,7 @@
  * batched forward pass. Our own models and onnx-community exports (Llama, Qwen2/Qwen3, GPT-2) share this I/O.
  */
 import * as ort from "onnxruntime-node"
+import onnxProto from "onnx-proto"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
 
@@ -62,6 +63,30 @@ const readShape = (directory: string): ModelShape => {
   }
 }
 
+/**
+ * The graph the actor runs. When a graph offers new_key_values.N.* (our exporter's do), the present.N.*
+ * outputs, and the nodes only they need, are cut: ONNX Runtime runs every node of a graph whatever is
+ * fetched, and copying the whole cache into present every step would cost about as much as the step.
+ */
+export const actorGraph = (bytes: Uint8Array): Uint8Array => {
+  const model = onnxProto.onnx.ModelProto.decode(bytes)
+  const graph = model.graph
+  if (graph == null || !(graph.output ?? []).some((o) => o.name === "new_key_values.0.key")) return bytes
+  const outputs = (graph.output ?? []).filter((o) => !o.name?.startsWith("present."))
+  graph.output = outputs
+  // Remove nodes whose outputs nothing reads, until none is left.
+  let nodes = graph.node ?? []
+  for (let removed = true; removed;) {
+    const needed = new Set<string>(outputs.map((o) => o.name ?? ""))
+    for (const node of nodes) for (const input of node.input ?? []) needed.add(input)
+    const before = nodes.length
+    nodes = nodes.filter((node) => (node.output ?? []).some((output) => needed.has(output)))
+    removed = nodes.length < before
+  }
+  graph.node = nodes
+  return onnxProto.onnx.ModelProto.encode(model).finish()
+}
+
 /** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
 const createSession = async (
   model: string | Uint8Array,
@@ -70,7 +95,10 @@ const createSession = async (
 ): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
   const options: ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: "all",
-    ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 })
+    ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
+    // Idle compute threads sleep instead of spinning: between steps the episodes' own work (environments,
+    // tokenization, episode machines) needs the cores.
+    extra: { session: { intra_op: { allow_spinning: process.env.EPISODIC_ORT_SPIN ?? "0" } } }
   }
   const create = (executionProviders: Array<string>) =>
     typeof model === "string"
@@ -100,7 +128,7 @@ export class OnnxCausalLM {
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
   /** Our exporter's graphs also output the new positions' keys and values alone (new_key_values.N.*). */
-  readonly #fetches: Array<string> | undefined
+  readonly #fetches: Array<string>
   readonly #keyName: (layer: number) => string
   readonly #valueName: (layer: number) => string
 
@@ -127,7 +155,7 @@ export class OnnxCausalLM {
     const outputs = created.session.outputNames
     this.#fetches = outputs.includes("new_key_values.0.key")
       ? ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
-      : undefined
+      : ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
   }
@@ -141,13 +169,13 @@ export class OnnxCausalLM {
     const file = options.file ?? path.join(absolute, "onnx", "model.onnx")
     if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const shape = readShape(absolute)
-    const created = await createSession(file, options.provider ?? "cpu", options.threads)
+    const created = await createSession(actorGraph(readFileSync(file)), options.provider ?? "cpu", options.threads)
     return new OnnxCausalLM(absolute, shape, created, options.threads)
   }
 
   /** Replaces the session with one built from `bytes` (same architecture, new weights). */
   async reload(bytes: Uint8Array): Promise<void> {
-    const created = await createSession(bytes, this.provider, this.#threads)
+    const created = await createSession(actorGraph(bytes), this.provider, this.#threads)
     const old = this.#session
     this.#session = created.session
     await old.release()
@@ -167,11 +195,11 @@ export class OnnxCausalLM {
     }
     // Fetching the whole present cache costs more than the step itself (a copy into JavaScript of every
     // key and value); when the graph offers the new positions alone, only those cross over.
-    const out = this.#fetches === undefined ? await this.#session.run(feeds) : await this.#session.run(feeds, this.#fetches)
+    const out = await this.#session.run(feeds, this.#fetches)
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
     for (let layer = 0; layer < numLayers; layer++) {
-      if (this.#fetches !== undefined) {
+      if (this.#fetches[1]!.startsWith("new_key_values")) {
         newKeys.push(out[`new_key_values.${layer}.key`]!.data as Float32Array)
         newValues.push(out[`new_key_values.${layer}.value`]!.data as Float32Array)
       } else {

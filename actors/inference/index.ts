@@ -163,28 +163,32 @@ export const start = async (options: InferenceActorOptions): Promise<InferenceAc
   }
 }
 
-/** The engine's `Inference` service, backed by an actor that lives as long as the layer. */
-export const layer = (options: InferenceActorOptions): Layer.Layer<Inference, InferenceError> =>
-  Layer.effect(Inference, fromActor(options))
-
-const fromActor = (options: InferenceActorOptions) =>
-  Effect.gen(function*() {
-    const actor = yield* Effect.acquireRelease(
+/** The engine's `Inference` service over a running actor (which the caller closes). */
+export const service = (actor: InferenceActor): Inference["Service"] =>
+  Inference.of({
+    generate: (request) =>
       Effect.tryPromise({
-        try: () => start(options),
-        catch: (cause) => new InferenceError({ message: `cannot start the inference actor for ${options.model}: ${errorMessage(cause)}` })
+        try: (signal) => actor.generate(request, signal),
+        catch: (cause) => new InferenceError({ message: errorMessage(cause) })
       }),
-      (actor) => Effect.promise(() => actor.close())
-    )
-    if (actor.info.fallback !== undefined) yield* Effect.logWarning(actor.info.fallback)
-    return Inference.of({
-      generate: (request) =>
-        Effect.tryPromise({
-          try: (signal) => actor.generate(request, signal),
-          catch: (cause) => new InferenceError({ message: errorMessage(cause) })
-        }),
-      release: (episodeId) => Effect.sync(() => actor.forget(episodeId))
-    })
+    release: (episodeId) => Effect.sync(() => actor.forget(episodeId))
   })
 
-export const InferenceActor = { start, layer } as const
+/** The engine's `Inference` service, backed by an actor that lives as long as the layer. */
+export const layer = (options: InferenceActorOptions): Layer.Layer<Inference, InferenceError> =>
+  Layer.effect(
+    Inference,
+    Effect.gen(function*() {
+      const actor = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => start(options),
+          catch: (cause) => new InferenceError({ message: `cannot start the inference actor for ${options.model}: ${errorMessage(cause)}` })
+        }),
+        (actor) => Effect.promise(() => actor.close())
+      )
+      if (actor.info.fallback !== undefined) yield* Effect.logWarning(actor.info.fallback)
+      return service(actor)
+    })
+  )
+
+export const InferenceActor = { start, layer, service } as const

@@ -19,13 +19,6 @@ export interface Sample {
   readonly logprob: number
 }
 
-/** log sum exp of `values` scaled by 1/temperature. */
-const logSumExp = (logits: Float32Array, temperature: number, max: number): number => {
-  let sum = 0
-  for (let i = 0; i < logits.length; i++) sum += Math.exp((logits[i]! - max) / temperature)
-  return max / temperature + Math.log(sum)
-}
-
 const argmax = (logits: Float32Array): number => {
   let best = 0
   for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i
@@ -36,23 +29,25 @@ const argmax = (logits: Float32Array): number => {
 export const makeSampler = (settings: SamplingSettings, seed: number) => {
   const random = mulberry32(seed)
   const truncates = settings.topK > 0 || settings.topP < 1
+  // exp((logit - max) / temperature) of every token, computed once per step.
+  let weights = new Float64Array(0)
   return (logits: Float32Array): Sample => {
     const best = argmax(logits)
     const max = logits[best]!
-    if (settings.temperature === 0) {
-      return { token: best, logprob: max - logSumExp(logits, 1, max) }
-    }
-    const t = settings.temperature
-    const normaliser = logSumExp(logits, t, max)
+    const t = settings.temperature === 0 ? 1 : settings.temperature
+    if (weights.length !== logits.length) weights = new Float64Array(logits.length)
+    let sum = 0
+    for (let i = 0; i < logits.length; i++) sum += weights[i] = Math.exp((logits[i]! - max) / t)
+    const logprobOf = (token: number, mass: number) => (logits[token]! - max) / t - Math.log(mass)
+    if (settings.temperature === 0) return { token: best, logprob: logprobOf(best, sum) }
     if (!truncates) {
       // Inverse CDF over the whole vocabulary.
-      let u = random()
+      let u = random() * sum
       for (let i = 0; i < logits.length; i++) {
-        const p = Math.exp(logits[i]! / t - normaliser)
-        if (u < p) return { token: i, logprob: logits[i]! / t - normaliser }
-        u -= p
+        if (u < weights[i]!) return { token: i, logprob: logprobOf(i, sum) }
+        u -= weights[i]!
       }
-      return { token: best, logprob: max / t - normaliser }
+      return { token: best, logprob: logprobOf(best, sum) }
     }
     // Top-k then top-p over tokens sorted by probability; ties keep the lower id first.
     const order = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b)
@@ -62,20 +57,19 @@ export const makeSampler = (settings: SamplingSettings, seed: number) => {
     for (let i = 0; i < k; i++) {
       const token = order[i]!
       kept.push(token)
-      mass += Math.exp(logits[token]! / t - normaliser)
-      if (mass >= settings.topP) break
+      mass += weights[token]!
+      if (mass >= settings.topP * sum) break
     }
     let u = random() * mass
     let chosen = kept.at(-1)!
     for (const token of kept) {
-      const p = Math.exp(logits[token]! / t - normaliser)
-      if (u < p) {
+      if (u < weights[token]!) {
         chosen = token
         break
       }
-      u -= p
+      u -= weights[token]!
     }
-    return { token: chosen, logprob: logits[chosen]! / t - normaliser - Math.log(mass) }
+    return { token: chosen, logprob: logprobOf(chosen, mass) }
   }
 }
 

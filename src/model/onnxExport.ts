@@ -172,6 +172,9 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
   const causal = g.node("LessOrEqual", [keyIndex, queryIndex]) // [S,T]
   const real = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], [int("to", BOOL)]), shape64("axes_123", [1, 2, 3])])
   const visible = g.node("And", [causal, real])
+  // [past, seq]: where a row of attention probabilities divides into cached and new positions.
+  const axis0 = shape64("axis_0", [0])
+  const splitSizes = g.node("Concat", [g.node("Sub", [total, seqLen]), seqLen].map((x) => g.node("Unsqueeze", [x, axis0])), [int("axis", 0)])
   const attentionBias = g.node("Where", [visible, scalar("zero_f", 0), scalar("masked_f", -1e9)])
 
   let x = g.node("Gather", [weight("model.embed_tokens.weight"), "input_ids"])
@@ -190,13 +193,23 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     // actor keeps its caches itself and fetches only these, instead of the whole present cache every step.
     const newKey = g.node("Identity", [rotate(k, cosK, sinK)], [], `new_key_values.${i}.key`)
     const newValue = g.node("Identity", [v], [], `new_key_values.${i}.value`)
-    const presentKey = g.node("Concat", [`past_key_values.${i}.key`, newKey], [int("axis", 2)], `present.${i}.key`)
-    const presentValue = g.node("Concat", [`past_key_values.${i}.value`, newValue], [int("axis", 2)], `present.${i}.value`)
-    // Unsqueeze then swap the last two axes right before the MatMul, where ONNX Runtime fuses the transpose away.
-    const keysT = g.node("Transpose", [g.node("Unsqueeze", [presentKey, shape64(`axis_2_${i}`, [2])])], [ints("perm", [0, 1, 2, 4, 3])])
-    const scores = g.node("Add", [g.node("MatMul", [qRotated, keysT]), attentionBias])
+    g.node("Concat", [`past_key_values.${i}.key`, newKey], [int("axis", 2)], `present.${i}.key`)
+    g.node("Concat", [`past_key_values.${i}.value`, newValue], [int("axis", 2)], `present.${i}.value`)
+    // Attention reads the cached and the new keys and values where they are, rather than from their
+    // concatenation: a caller that fetches only logits and new_key_values never pays for copying the cache.
+    // Scores are concatenated instead (T numbers per query, not T x head_dim).
+    const axis2 = shape64(`axis_2_${i}`, [2])
+    const transposed = (x: string) => g.node("Transpose", [g.node("Unsqueeze", [x, axis2])], [ints("perm", [0, 1, 2, 4, 3])])
+    const pastScores = g.node("MatMul", [qRotated, transposed(`past_key_values.${i}.key`)])
+    const newScores = g.node("MatMul", [qRotated, transposed(newKey)])
+    const scores = g.node("Add", [g.node("Concat", [pastScores, newScores], [int("axis", -1)]), attentionBias])
     const probs = g.node("Softmax", [scores], [int("axis", -1)])
-    const context = g.node("MatMul", [probs, g.node("Unsqueeze", [presentValue, `axis_2_${i}`])]) // [B,kv,group,S,D]
+    const [pastProbs, newProbs] = [g.fresh("past_probs"), g.fresh("new_probs")]
+    g.nodes.push({ opType: "Split", input: [probs, splitSizes], output: [pastProbs, newProbs], name: g.fresh("Split"), attribute: [int("axis", -1)] })
+    const context = g.node("Add", [
+      g.node("MatMul", [pastProbs, g.node("Unsqueeze", [`past_key_values.${i}.value`, axis2])]),
+      g.node("MatMul", [newProbs, g.node("Unsqueeze", [newValue, axis2])])
+    ]) // [B,kv,group,S,D]
     const merged = g.node("Reshape", [g.node("Transpose", [context], [ints("perm", [0, 3, 1, 2, 4])]), outShape])
     x = g.node("Add", [x, g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])])
     const post = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`))
