@@ -18,9 +18,10 @@
  */
 import { AutoModelForCausalLM, env as transformersEnv, type PreTrainedModel, Tensor } from "@huggingface/transformers"
 import { Effect, Layer, Stream } from "effect"
+import { rmSync } from "node:fs"
 import { availableParallelism, cpus, tmpdir } from "node:os"
 import * as path from "node:path"
-import { InferenceActor } from "../actors/inference/index.ts"
+import { InferenceActor, type SchedulerStats } from "../actors/inference/index.ts"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine } from "../src/Engine.ts"
 import { define, type Environment } from "../src/Environment.ts"
@@ -34,12 +35,12 @@ import { load as loadTokenizer, Tokenizer, type ChatTokenizer } from "../src/Tok
 import type { Trajectory } from "../src/Trajectory.ts"
 
 const ENV_LATENCY_MS = 20
-const MAX_BATCH = 64
-const EPISODES = 512
+const MAX_BATCH = 128
+const EPISODES = 1024
 const CONCURRENCY = 2 * MAX_BATCH
 const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
-const SEQUENTIAL_EPISODES = 4
+const SEQUENTIAL_EPISODES = 8
 const NAIVE_EPISODES = 32
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
@@ -140,9 +141,13 @@ const harnessEpisode = async (model: PreTrainedModel, tokenizer: ChatTokenizer, 
   ]
   let generated = 0
   let contextTokens = 0
+  let newTokens = 0
+  // Tokens of the conversation the model has already seen: the last context and its reply.
+  let seen = 0
   for (let turn = 0; turn < MAX_TURNS; turn++) {
     const context = tokenizer.renderPrompt(messages)
     contextTokens += context.length
+    newTokens += context.length - seen
     const output = (await model.generate({
       input_ids: new Tensor("int64", BigInt64Array.from(context.map(BigInt)), [1, context.length]),
       max_new_tokens: MAX_NEW_TOKENS,
@@ -153,23 +158,30 @@ const harnessEpisode = async (model: PreTrainedModel, tokenizer: ChatTokenizer, 
     })) as Tensor
     const ids = (output.tolist() as Array<Array<bigint>>)[0]!.slice(context.length).map(Number)
     generated += ids.length
+    seen = context.length + ids.length
     const action = tokenizer.decode(ids)
     messages.push({ role: "assistant", content: action })
     const step = await environment.step(action, { signal })
     if (step.done) break
     messages.push({ role: "user", content: step.observation })
   }
-  return { generated, contextTokens }
+  return { generated, contextTokens, newTokens }
 }
 
 const runHarness = async (model: PreTrainedModel, tokenizer: ChatTokenizer, rows: ReadonlyArray<DatasetRow>, concurrent: boolean) => {
   const started = performance.now()
   const results = concurrent
     ? await Promise.all(rows.map((row) => harnessEpisode(model, tokenizer, row)))
-    : await rows.reduce(async (previous, row) => [...(await previous), await harnessEpisode(model, tokenizer, row)], Promise.resolve([] as Array<{ generated: number; contextTokens: number }>))
+    : await rows.reduce(async (previous, row) => [...(await previous), await harnessEpisode(model, tokenizer, row)], Promise.resolve([] as Array<{ generated: number; contextTokens: number; newTokens: number }>))
   const seconds = (performance.now() - started) / 1000
   const generated = results.reduce((sum, r) => sum + r.generated, 0)
-  return { seconds, generated, tokensPerSecond: generated / seconds, contextTokens: results.reduce((s, r) => s + r.contextTokens, 0) }
+  return {
+    seconds,
+    generated,
+    tokensPerSecond: generated / seconds,
+    contextTokens: results.reduce((sum, r) => sum + r.contextTokens, 0),
+    newTokens: results.reduce((sum, r) => sum + r.newTokens, 0)
+  }
 }
 
 export default async function inferenceBenchmark(): Promise<void> {
@@ -179,16 +191,7 @@ export default async function inferenceBenchmark(): Promise<void> {
   const tokenizer = await loadTokenizer(model)
 
   const engine = await runEngine(model)
-  const engineTokens = generatedTokens(engine.trajectories)
-  const engineStats = await (async () => {
-    // The engine's actor is gone with its layer; prefix reuse is measured on a replay-free run of the same shape.
-    return undefined
-  })()
-  void engineStats
   const ceiling = await runCeiling(model, engine.trajectories)
-  console.log(engine.stats, engine.stats.decodeRows / engine.stats.decodeSteps)
-  console.log(ceiling.stats, ceiling.stats.decodeRows / ceiling.stats.decodeSteps)
-  if (process.env.ONLY_ENGINE) return console.log({ engine: engine.seconds, ceiling: ceiling.seconds, efficiency: ceiling.seconds / engine.seconds })
 
   transformersEnv.allowRemoteModels = false
   transformersEnv.localModelPath = "/"
@@ -197,17 +200,46 @@ export default async function inferenceBenchmark(): Promise<void> {
   const sequential = await runHarness(hf, tokenizer, rows.slice(0, SEQUENTIAL_EPISODES), false)
   const naive = await runHarness(hf, tokenizer, rows.slice(0, NAIVE_EPISODES), true)
   await hf.dispose()
+  rmSync(model, { recursive: true, force: true })
 
+  const engineTokens = generatedTokens(engine.trajectories)
   const engineTps = engineTokens / engine.seconds
-  const figures = {
-    engine_seconds: engine.seconds,
-    engine_tokens_per_s: engineTps,
-    ceiling_seconds: ceiling.seconds,
-    efficiency: ceiling.seconds / engine.seconds,
-    sequential_tokens_per_s: sequential.tokensPerSecond,
-    naive_tokens_per_s: naive.tokensPerSecond,
-    speedup_vs_sequential: engineTps / sequential.tokensPerSecond,
-    speedup_vs_naive: engineTps / naive.tokensPerSecond
+  const occupancy = (stats: SchedulerStats) => stats.decodeRows / stats.decodeSteps
+  const table = [
+    ["run", "episodes", "seconds", "generated tokens", "tokens/s", "prefill / new token", "batch occupancy"],
+    ["engine (20 ms env)", EPISODES, engine.seconds.toFixed(1), engineTokens, engineTps.toFixed(0), (engine.stats.prefillTokens / engine.stats.newTokens).toFixed(2), occupancy(engine.stats).toFixed(1)],
+    ["ceiling (replay, no env)", EPISODES, ceiling.seconds.toFixed(1), ceiling.stats.generatedTokens, (ceiling.stats.generatedTokens / ceiling.seconds).toFixed(0), (ceiling.stats.prefillTokens / ceiling.stats.newTokens).toFixed(2), occupancy(ceiling.stats).toFixed(1)],
+    ["sequential (generate per turn)", SEQUENTIAL_EPISODES, sequential.seconds.toFixed(1), sequential.generated, sequential.tokensPerSecond.toFixed(0), (sequential.contextTokens / sequential.newTokens).toFixed(2), "1"],
+    ["naive (Promise.all of generate)", NAIVE_EPISODES, naive.seconds.toFixed(1), naive.generated, naive.tokensPerSecond.toFixed(0), (naive.contextTokens / naive.newTokens).toFixed(2), "1"]
+  ]
+  const widths = table[0]!.map((_, c) => Math.max(...table.map((row) => String(row[c]).length)))
+  for (const row of table) console.log(row.map((cell, c) => String(cell).padEnd(widths[c]!)).join("  "))
+  console.log("")
+  const split = [["actor time (s)", "prefill", "decode", "copies", "rest (sampling, scheduling, idle)"]]
+  for (const [name, run] of [["engine", engine], ["ceiling", ceiling]] as const) {
+    const { prefillMs, decodeMs, copyMs } = run.stats
+    split.push([name, (prefillMs / 1000).toFixed(1), (decodeMs / 1000).toFixed(1), (copyMs / 1000).toFixed(1), (run.seconds - (prefillMs + decodeMs + copyMs) / 1000).toFixed(1)])
   }
-  console.log(figures)
+  const splitWidths = split[0]!.map((_, c) => Math.max(...split.map((row) => row[c]!.length)))
+  for (const row of split) console.log(row.map((cell, c) => cell.padEnd(splitWidths[c]!)).join("  "))
+  console.log(`machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${availableParallelism()} cores; model: the tiny preset (seed 0); ` +
+    `max batch ${MAX_BATCH}, ${CONCURRENCY} episodes at once, ${MAX_TURNS} turns of at most ${MAX_NEW_TOKENS} tokens, temperature 1`)
+  console.log(JSON.stringify({
+    bench: "inference",
+    efficiency: round(ceiling.seconds / engine.seconds),
+    speedup_vs_sequential: round(engineTps / sequential.tokensPerSecond),
+    speedup_vs_naive: round(engineTps / naive.tokensPerSecond),
+    prefill_tokens_per_new_token: round(engine.stats.prefillTokens / engine.stats.newTokens),
+    sequential_prefill_tokens_per_new_token: round(sequential.contextTokens / sequential.newTokens),
+    engine_tokens_per_s: Math.round(engineTps),
+    ceiling_tokens_per_s: Math.round(ceiling.stats.generatedTokens / ceiling.seconds),
+    sequential_tokens_per_s: Math.round(sequential.tokensPerSecond),
+    naive_tokens_per_s: Math.round(naive.tokensPerSecond),
+    engine_seconds: round(engine.seconds),
+    ceiling_seconds: round(ceiling.seconds),
+    batch_occupancy: round(occupancy(engine.stats)),
+    kv_evictions: engine.stats.evictions
+  }))
 }
+
+const round = (x: number) => Math.round(x * 1000) / 1000

@@ -19,10 +19,10 @@ describe("episodic model init", () => {
       expect(existsSync(path.join(directory, file)), file).toBe(true)
     }
     const config = JSON.parse(readFileSync(path.join(directory, "config.json"), "utf8"))
-    expect(config).toMatchObject({ model_type: "llama", hidden_size: 128, num_hidden_layers: 4, num_attention_heads: 4, num_key_value_heads: 2 })
+    expect(config).toMatchObject({ model_type: "llama", hidden_size: 128, num_hidden_layers: 4, num_attention_heads: 8, num_key_value_heads: 2, head_dim: 16 })
     const weights = Safetensors.read(path.join(directory, "model.safetensors"))
     expect(weights.get("model.embed_tokens.weight")?.shape).toEqual([config.vocab_size, 128])
-    expect(weights.get("model.layers.3.self_attn.k_proj.weight")?.shape).toEqual([64, 128])
+    expect(weights.get("model.layers.3.self_attn.k_proj.weight")?.shape).toEqual([32, 128])
   })
 
   it("is reproducible from its seed and differs across seeds", async () => {
@@ -51,8 +51,9 @@ describe("the tiny model's tokenizer", () => {
     for (const text of ["move north", "You are at (3, 4). The treasure is at (0, 1). 11 steps left.", "ünïcödé 🙂\n\t  spaces", "#### 1234"]) {
       expect(tokenizer.decode(tokenizer.encode(text))).toBe(text)
     }
-    expect(tokenizer.encode("You are at (3, 4). The treasure is at (0, 1). 11 steps left.").length).toBeLessThan(25)
-    expect(tokenizer.encode("move north").length).toBeLessThanOrEqual(2)
+    // Merges span the environments' stock phrases: an observation is a handful of tokens, a command one.
+    expect(tokenizer.encode("You are at (3, 4). The treasure is at (0, 1). 11 steps left.").length).toBeLessThanOrEqual(8)
+    expect(tokenizer.encode("move north")).toHaveLength(1)
   })
 
   it("renders ChatML and stops on <|im_end|>", async () => {

@@ -11,6 +11,7 @@
  * `InferenceActor.layer(options)` provides the engine's `Inference` service from it.
  */
 import { Effect, Layer } from "effect"
+import { availableParallelism } from "node:os"
 import { Worker } from "node:worker_threads"
 import { errorMessage } from "../../src/errorMessage.ts"
 import { GenerationResult, InferenceError, type GenerationRequest } from "../../src/Generation.ts"
@@ -35,7 +36,11 @@ export interface InferenceActorOptions {
   readonly cacheBudgetBytes?: number
   /** "cuda" uses ONNX Runtime's CUDA provider when it is installed and falls back to the CPU otherwise. */
   readonly provider?: ExecutionProvider
-  /** ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per core). */
+  /**
+   * ONNX Runtime intra-op threads. Default: every core but one, which stays with the main thread's own work
+   * (environments, tokenization, episode machines); on two cores a second model thread costs the engine
+   * more than it gains the model.
+   */
   readonly threads?: number
   /** "worker" (default) runs the model on its own thread; "main" on the calling thread, for debugging. */
   readonly thread?: "worker" | "main"
@@ -60,7 +65,7 @@ const settingsOf = (options: InferenceActorOptions): ActorSettings => ({
   maxPrefillTokens: options.maxPrefillTokens ?? 4096,
   cacheBudgetBytes: options.cacheBudgetBytes ?? 1024 ** 3,
   provider: options.provider ?? "cpu",
-  threads: options.threads
+  threads: options.threads ?? Math.max(1, availableParallelism() - 1)
 })
 
 const toSchedulerRequest = (request: GenerationRequest): SchedulerRequest => ({

@@ -134,10 +134,32 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const [out, inp] = shapes.get(name) as [number, number]
     return g.constant(floatTensor(`${name}.T`, [inp, out], transpose2d(weights.get(name)!.data, out, inp)))
   }
+  /** Several [out, in] weights side by side as one [in, sum of outs] MatMul weight. */
+  const fusedWeight = (name: string, parts: ReadonlyArray<string>) => {
+    const shapesOf = parts.map((part) => shapes.get(part) as [number, number])
+    const inputs = shapesOf[0]![1]
+    const outs = shapesOf.reduce((sum, [out]) => sum + out, 0)
+    const data = new Float32Array(inputs * outs)
+    let column = 0
+    parts.forEach((part, i) => {
+      const [out] = shapesOf[i]!
+      const w = weights.get(part)!.data
+      for (let o = 0; o < out; o++) for (let c = 0; c < inputs; c++) data[c * outs + column + o] = w[o * inputs + c]!
+      column += out
+    })
+    return g.constant(floatTensor(`${name}.T`, [inputs, outs], data))
+  }
+  const split = (x: string, sizes: string) => {
+    const outputs = [0, 1, 2].slice(0, sizes === gateUpSizes ? 2 : 3).map(() => g.fresh("split"))
+    g.nodes.push({ opType: "Split", input: [x, sizes], output: outputs, name: g.fresh("Split"), attribute: [int("axis", -1)] })
+    return outputs
+  }
   const scalar = (name: string, value: number) => g.constant(floatTensor(name, [], Float32Array.of(value)))
   const shape64 = (name: string, values: ReadonlyArray<number>) => g.constant(int64Tensor(name, values))
 
   const eps = scalar("rms_norm_eps", config.rmsNormEps)
+  const qkvSizes = shape64("qkv_sizes", [numHeads * d, kvHeads * d, kvHeads * d])
+  const gateUpSizes = shape64("gate_up_sizes", [config.intermediateSize, config.intermediateSize])
   const scale = scalar("attention_scale", 1 / Math.sqrt(d))
   const rmsNorm = (x: string, w: string) => {
     const variance = g.node("ReduceMean", [g.node("Mul", [x, x])], [ints("axes", [-1]), int("keepdims", 1)])
@@ -185,9 +207,14 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const p = `model.layers.${i}`
     const hidden = rmsNorm(x, weight(`${p}.input_layernorm.weight`))
     // Queries as [B, kv_heads, group, S, D] so each group of query heads shares one key/value head by broadcasting.
-    const q = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.q_proj.weight`)]), qShape])], [ints("perm", [0, 2, 3, 1, 4])])
-    const k = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.k_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
-    const v = g.node("Transpose", [g.node("Reshape", [g.node("MatMul", [hidden, linearWeight(`${p}.self_attn.v_proj.weight`)]), kvShape])], [ints("perm", [0, 2, 1, 3])])
+    // One MatMul for q, k and v (and one for gate and up below): fewer, wider products run faster.
+    const [qFlat, kFlat, vFlat] = split(
+      g.node("MatMul", [hidden, fusedWeight(`${p}.qkv`, [`${p}.self_attn.q_proj.weight`, `${p}.self_attn.k_proj.weight`, `${p}.self_attn.v_proj.weight`])]),
+      qkvSizes
+    ) as [string, string, string]
+    const q = g.node("Transpose", [g.node("Reshape", [qFlat, qShape])], [ints("perm", [0, 2, 3, 1, 4])])
+    const k = g.node("Transpose", [g.node("Reshape", [kFlat, kvShape])], [ints("perm", [0, 2, 1, 3])])
+    const v = g.node("Transpose", [g.node("Reshape", [vFlat, kvShape])], [ints("perm", [0, 2, 1, 3])])
     const qRotated = g.node("Mul", [rotate(q, cosQ, sinQ), scale])
     // The new positions' keys and values are also outputs of their own (new_key_values.N.*): the inference
     // actor keeps its caches itself and fetches only these, instead of the whole present cache every step.
@@ -213,8 +240,10 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const merged = g.node("Reshape", [g.node("Transpose", [context], [ints("perm", [0, 3, 1, 2, 4])]), outShape])
     x = g.node("Add", [x, g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])])
     const post = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`))
-    const gate = g.node("MatMul", [post, linearWeight(`${p}.mlp.gate_proj.weight`)])
-    const up = g.node("MatMul", [post, linearWeight(`${p}.mlp.up_proj.weight`)])
+    const [gate, up] = split(
+      g.node("MatMul", [post, fusedWeight(`${p}.gate_up`, [`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`])]),
+      gateUpSizes
+    ) as [string, string]
     const activated = g.node("Mul", [g.node("Mul", [gate, g.node("Sigmoid", [gate])]), up])
     x = g.node("Add", [x, g.node("MatMul", [activated, linearWeight(`${p}.mlp.down_proj.weight`)])])
   }
