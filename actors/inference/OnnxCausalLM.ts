@@ -105,6 +105,8 @@ const createSession = async (
       ? ort.InferenceSession.create(model, { ...options, executionProviders })
       : ort.InferenceSession.create(model, { ...options, executionProviders })
   if (provider === "cuda") {
+    // A missing CUDA provider is expected and reported once as the fallback below, not as an ORT error log.
+    ort.env.logLevel = "fatal"
     try {
       // Quiet: a missing CUDA provider is expected and reported as the fallback below.
       const session = typeof model === "string"
