@@ -48,6 +48,13 @@ export interface ExperimentConfig {
   readonly inference?: Partial<InferenceSettings>
   /** Make the model with `episodic model init` when its directory has none yet (the default experiment does). */
   readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
+  /** Extra outputs in the run directory. */
+  readonly outputs?: {
+    /** trajectories.parquet besides trajectories.jsonl, with the same (verl's) column names. */
+    readonly parquet?: boolean
+  }
+  /** The experiment file the run came from (the CLI sets it), so the run directory can run it again. */
+  readonly source?: string
 }
 
 export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => config
@@ -81,7 +88,9 @@ export const ResolvedExperiment = Schema.Struct({
   modelInit: Schema.optional(Schema.Struct({
     preset: Schema.Literals(["tiny", "small"]),
     seed: Schema.Int
-  }))
+  })),
+  outputs: Schema.Struct({ parquet: Schema.Boolean }),
+  source: Schema.optional(Schema.String)
 })
 export type InferenceSettings = ResolvedExperiment["inference"]
 export type ResolvedExperiment = typeof ResolvedExperiment.Type
@@ -123,7 +132,9 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     seed: config.seed ?? defaults.seed,
     out: config.out ?? defaults.out,
     inference: { ...defaults.inference, ...config.inference },
-    modelInit: config.modelInit === undefined ? undefined : { preset: "tiny", seed: 0, ...config.modelInit }
+    modelInit: config.modelInit === undefined ? undefined : { preset: "tiny", seed: 0, ...config.modelInit },
+    outputs: { parquet: false, ...config.outputs },
+    source: config.source
   }
   const resolved = decodeOrProblem(ResolvedExperiment, candidate)
   if (Result.isFailure(resolved)) {

@@ -5,9 +5,12 @@
  */
 import { Context, type Effect } from "effect"
 import type { GenerationRequest, GenerationResult, InferenceError } from "./Generation.ts"
+import type { InferenceGauges } from "./RunMonitor.ts"
 
 export class Inference extends Context.Service<Inference, {
   generate(request: GenerationRequest): Effect.Effect<GenerationResult, InferenceError>
   /** The episode has ended: whatever the backend keeps for it (its KV cache) can go. */
   release?(episodeId: string): Effect.Effect<void>
+  /** The backend's batch now, for progress displays (the inference actor has one; a text policy does not). */
+  gauges?(): Effect.Effect<InferenceGauges>
 }>()("episodic/Inference") {}

@@ -4,7 +4,7 @@
  * between two halves of a record: a reader never sees a torn line. The file is opened in append mode
  * only; a run never rewrites what an earlier record put there.
  */
-import { Effect, Schema } from "effect"
+import { Effect, Schema, type Scope } from "effect"
 import { closeSync, mkdirSync, openSync, writeSync } from "node:fs"
 import * as path from "node:path"
 import { errorMessage } from "./errorMessage.ts"
@@ -20,8 +20,13 @@ export interface JsonlWriter {
   write(trajectory: Trajectory.Trajectory): Effect.Effect<void, SinkError>
 }
 
-/** Opens `file` for appending (creating its directory); closed when the scope closes. */
-export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, import("effect").Scope.Scope> =>
+/** Plain JSON lines (metrics), written the same way: one whole line per write. */
+export interface JsonLinesWriter {
+  readonly file: string
+  write(value: unknown): Effect.Effect<void, SinkError>
+}
+
+const openFile = (file: string) =>
   Effect.acquireRelease(
     Effect.try({
       try: () => {
@@ -31,21 +36,40 @@ export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, import
       catch: (cause) => new SinkError({ file, message: `cannot open for writing: ${String(cause)}` })
     }),
     (fd) => Effect.sync(() => closeSync(fd))
-  ).pipe(
+  )
+
+const writeLine = (fd: number, text: string) => {
+  const line = Buffer.from(text + "\n")
+  let written = 0
+  while (written < line.length) written += writeSync(fd, line, written)
+}
+
+/** Opens `file` for appending (creating its directory); closed when the scope closes. */
+export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, Scope.Scope> =>
+  openFile(file).pipe(
     Effect.map((fd) => ({
       file,
       write: (trajectory) =>
         Effect.try({
-          try: () => {
-            const line = Buffer.from(JSON.stringify(Trajectory.encode(trajectory)) + "\n")
-            let written = 0
-            while (written < line.length) written += writeSync(fd, line, written)
-          },
+          try: () => writeLine(fd, JSON.stringify(Trajectory.encode(trajectory))),
           catch: (cause) =>
             new SinkError({
               file,
               message: `cannot write record ${trajectory.id}: ${errorMessage(cause).replace(/\s+/g, " ")}`
             })
+        })
+    }))
+  )
+
+/** Opens `file` for appending JSON values, one per line. */
+export const openLines = (file: string): Effect.Effect<JsonLinesWriter, SinkError, Scope.Scope> =>
+  openFile(file).pipe(
+    Effect.map((fd) => ({
+      file,
+      write: (value) =>
+        Effect.try({
+          try: () => writeLine(fd, JSON.stringify(value)),
+          catch: (cause) => new SinkError({ file, message: `cannot write: ${errorMessage(cause).replace(/\s+/g, " ")}` })
         })
     }))
   )

@@ -3,7 +3,7 @@
  * `summary.json`. The run directory also gets the resolved `config.json`, so a run can be read back and
  * repeated from its directory.
  */
-import { type Deferred, Effect, Layer, Stream } from "effect"
+import { type Deferred, Effect, Layer, Queue, Schedule, Stream } from "effect"
 import { existsSync, mkdirSync, renameSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
 import * as Dataset from "./Dataset.ts"
@@ -20,6 +20,9 @@ import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
+import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
+import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
+import type { InspectionEvent } from "xstate"
 
 export interface Summary {
   readonly name: string
@@ -33,13 +36,27 @@ export interface Summary {
   readonly interrupted: boolean
 }
 
+/** What a run streams: every finished trajectory, and a metrics point (also a line of metrics.jsonl) now and then. */
+export type RunEvent =
+  | { readonly type: "trajectory"; readonly trajectory: Trajectory }
+  | { readonly type: "metrics"; readonly metrics: MetricsPoint }
+
 export interface RunOptions {
   /** Completing it stops the run gently (Ctrl-C): running episodes end `interrupted` and are written. */
-  readonly stop?: Deferred.Deferred<void>
-  /** Called once the run directory exists, before the first episode. */
-  readonly onStart?: (directory: string) => void
+  readonly stop?: Deferred.Deferred<void> | undefined
+  /** Called once the run directory exists, before the first episode, with the run's live monitor. */
+  readonly onStart?: ((directory: string, monitor: RunMonitor) => void) | undefined
   /** Called after every finished episode, with the summary so far. */
-  readonly onProgress?: (summary: Summary, trajectory: Trajectory) => void
+  readonly onProgress?: ((summary: Summary, trajectory: Trajectory) => void) | undefined
+  /** Called for every trajectory and metrics point, in order. */
+  readonly onEvent?: ((event: RunEvent) => void) | undefined
+  /** Receives every episode actor's inspection events (the Stately inspector). */
+  readonly inspect?: ((event: InspectionEvent) => void) | undefined
+}
+
+export interface RunResult {
+  readonly directory: string
+  readonly summary: Summary
 }
 
 /** Where a run writes. */
@@ -124,7 +141,15 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
           ? cause
           : new ExperimentError({ message: errorMessage(cause) })
     })
+    const monitor = new RunMonitor(
+      experiment.name,
+      experiment.environment === undefined ? undefined : experiment.environment.episodes * experiment.samplesPerRow
+    )
     const engine = Engine.layer({
+      inspect: (event) => {
+        monitor.observe(event)
+        options.inspect?.(event)
+      },
       environments: registry,
       environmentConfig: experiment.environmentConfig,
       concurrency: experiment.concurrency,
@@ -135,25 +160,41 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
       seed: experiment.seed,
       bufferCapacity: Math.max(16, experiment.concurrency)
     }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(experiment.model)))
-    return yield* rollout(experiment, rows, options).pipe(Effect.scoped, Effect.provide(engine))
+    return yield* rollout(experiment, rows, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })
 }
 
 const rollout = (
   experiment: ResolvedExperiment,
   rows: Stream.Stream<DatasetRow, Dataset.DatasetError>,
+  monitor: RunMonitor,
   options: RunOptions
 ) =>
   Effect.gen(function*() {
     const engine = yield* Engine
+    const inference = yield* Inference
     const directory = runDirectory(experiment)
     mkdirSync(directory, { recursive: true })
     writeAtomically(path.join(directory, "config.json"), JSON.stringify(experiment, null, 2) + "\n")
     const trajectoriesFile = path.join(directory, "trajectories.jsonl")
-    // A run directory holds one run: start its trajectories afresh.
+    // A run directory holds one run: start its trajectories and metrics afresh.
     writeFileSync(trajectoriesFile, "")
     const writer = yield* JsonlWriter.open(trajectoriesFile)
-    options.onStart?.(directory)
+    const metricsFile = path.join(directory, "metrics.jsonl")
+    writeFileSync(metricsFile, "")
+    const metricsWriter = yield* JsonlWriter.openLines(metricsFile)
+    options.onStart?.(directory, monitor)
+
+    // The inference actor's batch, sampled twice a second for the monitor.
+    if (inference.gauges !== undefined) {
+      const gauges = inference.gauges
+      yield* gauges().pipe(
+        Effect.tap((value) => Effect.sync(() => monitor.setInference(value))),
+        Effect.ignore,
+        Effect.repeat(Schedule.spaced("500 millis")),
+        Effect.forkScoped
+      )
+    }
 
     const started = Date.now()
     const finishReasons: Partial<Record<FinishReason, number>> = {}
@@ -175,20 +216,55 @@ const rollout = (
         interrupted: (finishReasons.interrupted ?? 0) > 0
       }
     }
+    // A metrics point every 1% of the run (every 10 episodes when the total is not known), and at the end.
+    const pointEvery = monitor.total === undefined ? 10 : Math.max(1, Math.ceil(monitor.total / 100))
+    const writePoint = () =>
+      Effect.suspend(() => {
+        const metrics = monitor.point()
+        options.onEvent?.({ type: "metrics", metrics })
+        return metricsWriter.write(metrics)
+      })
 
     yield* engine.run(rows, { stop: options.stop }).pipe(
       Stream.runForEach((trajectory) =>
-        writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => {
-          episodes++
-          rewardSum += trajectory.reward
-          turnSum += trajectory.numTurns
-          responseTokens += trajectory.responseIds.length
-          finishReasons[trajectory.finishReason] = (finishReasons[trajectory.finishReason] ?? 0) + 1
-          options.onProgress?.(summary(), trajectory)
-        })))
+        writer.write(trajectory).pipe(
+          Effect.andThen(Effect.sync(() => {
+            episodes++
+            rewardSum += trajectory.reward
+            turnSum += trajectory.numTurns
+            responseTokens += trajectory.responseIds.length
+            finishReasons[trajectory.finishReason] = (finishReasons[trajectory.finishReason] ?? 0) + 1
+            monitor.record(trajectory)
+            options.onEvent?.({ type: "trajectory", trajectory })
+            options.onProgress?.(summary(), trajectory)
+          })),
+          Effect.andThen(Effect.suspend(() => (episodes % pointEvery === 0 ? writePoint() : Effect.void)))
+        )
       )
     )
+    if (episodes % pointEvery !== 0 || episodes === 0) yield* writePoint()
+    if (experiment.outputs.parquet) {
+      yield* Effect.try({
+        try: () => writeTrajectoriesParquet(trajectoriesFile, path.join(directory, "trajectories.parquet")),
+        catch: (cause) => new ExperimentError({ message: `cannot write trajectories.parquet: ${errorMessage(cause)}` })
+      })
+    }
     const result = summary()
     writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
-    return { directory, summary: result }
+    return { directory, summary: result } satisfies RunResult
   })
+
+/**
+ * The run as a stream of its events (every trajectory, and the metrics points), for code that runs
+ * experiments: the run directory is written as by `run`.
+ */
+export const stream = (experiment: ResolvedExperiment, config: ExperimentConfig, options: Omit<RunOptions, "onEvent"> = {}) =>
+  Stream.callback<RunEvent, unknown>((queue) =>
+    run(experiment, config, { ...options, onEvent: (event) => Queue.offerUnsafe(queue, event) }).pipe(
+      Effect.matchCauseEffect({
+        onFailure: (cause) => Queue.failCause(queue, cause),
+        onSuccess: () => Queue.end(queue)
+      }),
+      Effect.forkScoped
+    )
+  )

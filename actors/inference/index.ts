@@ -176,7 +176,16 @@ export const service = (actor: InferenceActor): Inference["Service"] =>
         try: (signal) => actor.generate(request, signal),
         catch: (cause) => new InferenceError({ message: errorMessage(cause) })
       }),
-    release: (episodeId) => Effect.sync(() => actor.forget(episodeId))
+    release: (episodeId) => Effect.sync(() => actor.forget(episodeId)),
+    gauges: () =>
+      Effect.promise(() => actor.stats()).pipe(
+        Effect.map((stats) => ({
+          running: stats.running,
+          queued: stats.queued,
+          batchOccupancy: stats.decodeSteps > 0 ? stats.decodeRows / stats.decodeSteps : 0,
+          maxBatchSize: stats.maxBatchSize
+        }))
+      )
   })
 
 /** The engine's `Inference` service, backed by an actor that lives as long as the layer. */

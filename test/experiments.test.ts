@@ -1,0 +1,113 @@
+/**
+ * Experiments from code and from the command line: the example experiments run through the Promise
+ * facade (events, metrics.jsonl, Parquet with verl's columns, a gentle abort), flags override any field
+ * and bad ones are named, and a run directory runs again.
+ */
+import { parquetReadObjects } from "hyparquet"
+import { describe, expect, it } from "vitest"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as path from "node:path"
+import arithmetic from "../experiments/arithmetic.ts"
+import chat from "../experiments/chat.ts"
+import { applyOverrides, setPath } from "../src/cli/overrides.ts"
+import { ExperimentError, resolve } from "../src/Experiment.ts"
+import type { RunEvent } from "../src/Run.ts"
+import { runExperiment } from "../src/runExperiment.ts"
+import { tinyModel } from "./support.ts"
+
+const out = () => mkdtempSync(path.join(tmpdir(), "episodic-experiments-"))
+const lines = (file: string) => readFileSync(file, "utf8").trim().split("\n").map((line) => JSON.parse(line))
+
+describe("runExperiment (the Promise facade)", () => {
+  it("streams every trajectory and the metrics, writes the run directory, and Parquet with verl's columns", async () => {
+    const directory = out()
+    const run = runExperiment({
+      ...arithmetic,
+      model: await tinyModel(),
+      environment: { ...arithmetic.environment!, episodes: 3 },
+      outputs: { parquet: true },
+      out: directory
+    })
+    const events: Array<RunEvent> = []
+    for await (const event of run) events.push(event)
+    const { summary, directory: runDirectory } = await run.result
+    const trajectories = events.flatMap((e) => (e.type === "trajectory" ? [e.trajectory] : []))
+    // 3 problems, 4 samples each.
+    expect(trajectories).toHaveLength(12)
+    expect(summary.episodes).toBe(12)
+    expect(events.at(-1)?.type).toBe("metrics")
+    const metrics = lines(path.join(runDirectory, "metrics.jsonl"))
+    expect(metrics.length).toBeGreaterThanOrEqual(1)
+    expect(metrics.at(-1)).toMatchObject({ episodes: 12 })
+    const records = lines(path.join(runDirectory, "trajectories.jsonl"))
+    const rows = await parquetReadObjects({ file: new Uint8Array(readFileSync(path.join(runDirectory, "trajectories.parquet"))).buffer })
+    expect(rows).toHaveLength(12)
+    expect(Object.keys(rows[0]!).sort()).toEqual(Object.keys(records[0]).sort())
+    for (const [i, row] of rows.entries()) {
+      expect(row.id).toBe(records[i].id)
+      expect(row.response_ids).toEqual(records[i].response_ids)
+      expect(row.response_mask).toEqual(records[i].response_mask)
+      expect(JSON.parse(row.messages as string)).toEqual(records[i].messages)
+    }
+  })
+
+  it("stops gently when aborted: no new episodes start, and every episode that ran is delivered and written", async () => {
+    const controller = new AbortController()
+    const run = runExperiment(
+      { ...chat, model: await tinyModel(), environment: { ...chat.environment!, episodes: 200 }, concurrency: 8, out: out() },
+      { abortSignal: controller.signal }
+    )
+    let delivered = 0
+    for await (const event of run) {
+      if (event.type !== "trajectory") continue
+      delivered++
+      if (delivered === 3) controller.abort()
+    }
+    const { summary, directory } = await run.result
+    expect(summary.episodes).toBe(delivered)
+    expect(summary.episodes).toBeLessThan(200)
+    expect(lines(path.join(directory, "trajectories.jsonl"))).toHaveLength(delivered)
+  })
+
+  it("rejects a bad experiment with the field named", async () => {
+    const run = runExperiment({ ...chat, concurrency: -1 })
+    await expect(run.result).rejects.toThrow(/concurrency/)
+  })
+})
+
+describe("overriding an experiment's fields", () => {
+  it("sets nested fields with --set, parsing JSON values, and named flags", () => {
+    const config = applyOverrides(arithmetic, {
+      episodes: 5,
+      temperature: "0.5",
+      maxTurns: 4,
+      set: { "sampling.topP": "0.8", "limits.timeoutMs": "1000", name: "renamed", "environment.config": "{\"maxTurns\": 3}" }
+    })
+    const resolved = resolve(config)
+    expect(resolved.environment).toMatchObject({ name: "arithmetic", episodes: 5 })
+    expect(resolved.environmentConfig.arithmetic).toEqual({ maxTurns: 3 })
+    expect(resolved.sampling).toMatchObject({ temperature: 0.5, topP: 0.8 })
+    expect(resolved.limits).toMatchObject({ maxTurns: 4, timeoutMs: 1000 })
+    expect(resolved.name).toBe("renamed")
+    // The experiment itself is not changed.
+    expect(arithmetic.sampling).toEqual({ temperature: 1, topP: 0.95 })
+  })
+
+  it("names the bad field", () => {
+    expect(() => resolve(applyOverrides(arithmetic, { set: { "limits.maxTurns": "0" } }))).toThrow(/maxTurns/)
+    expect(() => applyOverrides(arithmetic, { temperature: "hot" })).toThrow(/--temperature must be a number, got "hot"/)
+    expect(() => setPath({ name: "x" }, "name.first", 1)).toThrow(ExperimentError)
+    expect(() => applyOverrides({ ...arithmetic, environment: undefined, dataset: "rows.jsonl" }, { episodes: 3 })).toThrow(/--episodes needs/)
+  })
+})
+
+describe("the example experiments", () => {
+  it("all resolve", async () => {
+    for (const file of ["grid-quest", "grid-quest-solver", "arithmetic", "chat", "remote-grid-quest"]) {
+      const { default: experiment } = await import(`../experiments/${file}.ts`)
+      expect(() => resolve(experiment), file).not.toThrow()
+      expect(existsSync(path.join("experiments", `${file}.ts`))).toBe(true)
+    }
+  })
+})
