@@ -22,6 +22,7 @@ import { Tokenizer } from "./Tokenizer.ts"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
 import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
 import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
+import { writePlots, writePngs } from "./plots.ts"
 import type { InspectionEvent } from "xstate"
 
 export interface Summary {
@@ -94,7 +95,7 @@ const inferenceFor = (
       }
       yield* Effect.logInfo(`making the ${init.preset} model at ${directory} (first use)`)
       yield* Effect.tryPromise({
-        try: () => initModel(directory, init),
+        try: () => initModel(directory, { ...init, replace: false }),
         catch: (cause) => new ExperimentError({ message: `cannot make the model at ${directory}: ${errorMessage(cause)}` })
       })
     }
@@ -216,10 +217,15 @@ const rollout = (
         interrupted: (finishReasons.interrupted ?? 0) > 0
       }
     }
-    // A metrics point every 1% of the run (every 10 episodes when the total is not known), and at the end.
+    // A metrics point every 1% of the run (every 10 episodes when the total is not known) but at most one a
+    // second, so that a window's rates are measured over real time; and one at the end.
     const pointEvery = monitor.total === undefined ? 10 : Math.max(1, Math.ceil(monitor.total / 100))
+    let lastPoint = Date.now()
+    let sincePoint = 0
     const writePoint = () =>
       Effect.suspend(() => {
+        lastPoint = Date.now()
+        sincePoint = 0
         const metrics = monitor.point()
         options.onEvent?.({ type: "metrics", metrics })
         return metricsWriter.write(metrics)
@@ -238,17 +244,22 @@ const rollout = (
             options.onEvent?.({ type: "trajectory", trajectory })
             options.onProgress?.(summary(), trajectory)
           })),
-          Effect.andThen(Effect.suspend(() => (episodes % pointEvery === 0 ? writePoint() : Effect.void)))
+          Effect.andThen(Effect.suspend(() => (++sincePoint >= pointEvery && Date.now() - lastPoint >= 1000 ? writePoint() : Effect.void)))
         )
       )
     )
-    if (episodes % pointEvery !== 0 || episodes === 0) yield* writePoint()
+    if (sincePoint > 0 || episodes === 0) yield* writePoint()
     if (experiment.outputs.parquet) {
       yield* Effect.try({
         try: () => writeTrajectoriesParquet(trajectoriesFile, path.join(directory, "trajectories.parquet")),
         catch: (cause) => new ExperimentError({ message: `cannot write trajectories.parquet: ${errorMessage(cause)}` })
       })
     }
+    // The curves as images, readable without the dashboard.
+    yield* Effect.tryPromise({
+      try: () => writePngs(writePlots(directory, monitor.history())),
+      catch: (cause) => new ExperimentError({ message: `cannot write the plots: ${errorMessage(cause)}` })
+    })
     const result = summary()
     writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
     return { directory, summary: result } satisfies RunResult

@@ -11,7 +11,7 @@
 import { NodeServices } from "@effect/platform-node"
 import { Cause, Console, Deferred, Effect, Exit, Option, Runtime } from "effect"
 import { Argument, CliError, Command, Flag } from "effect/cli"
-import { existsSync } from "node:fs"
+import { existsSync, readFileSync, statSync } from "node:fs"
 import * as path from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import * as EnvServerOptions from "../../actors/env-server/options.ts"
@@ -19,6 +19,8 @@ import { errorMessage } from "../errorMessage.ts"
 import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
 import * as Run from "../Run.ts"
 import { model } from "./model.ts"
+import { applyOverrides } from "./overrides.ts"
+import * as Watchers from "./watchers.ts"
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 const defaultExperiment = path.join(packageRoot, "experiments", "grid-quest.ts")
@@ -28,50 +30,89 @@ const loadExperiment = (file: string) =>
     try: async () => {
       const absolute = path.resolve(file)
       if (!existsSync(absolute)) throw new ExperimentError({ message: `no experiment file at ${absolute}` })
+      // A run directory runs again: its experiment file, with the resolved config it recorded.
+      if (statSync(absolute).isDirectory()) {
+        const recorded = path.join(absolute, "config.json")
+        if (!existsSync(recorded)) throw new ExperimentError({ message: `${absolute} is a directory without a config.json: not a run directory` })
+        const config = JSON.parse(readFileSync(recorded, "utf8")) as ExperimentConfig
+        if (config.source === undefined || !existsSync(config.source)) {
+          throw new ExperimentError({ message: `${recorded} names no experiment file that exists (source: ${String(config.source)})` })
+        }
+        const { default: base } = await import(pathToFileURL(config.source).href) as { readonly default: ExperimentConfig }
+        return { ...base, ...config }
+      }
       const module = await import(pathToFileURL(absolute).href) as { readonly default?: ExperimentConfig }
       if (typeof module.default !== "object" || module.default === null) {
         throw new ExperimentError({ message: `${file} must default-export defineExperiment({...})` })
       }
-      return module.default
+      return { ...module.default, source: absolute }
     },
     catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: `cannot load ${file}: ${String(cause)}` })
   })
 
 const optionalInt = (name: string, description: string) =>
   Flag.Int(name).pipe(Flag.withDescription(description), Flag.optional)
+const optionalString = (name: string, description: string) =>
+  Flag.String(name).pipe(Flag.withDescription(description), Flag.optional)
 
 const run = Command.make(
   "run",
   {
     experiment: Argument.String("experiment").pipe(
-      Argument.withDescription("An experiment file that default-exports defineExperiment({...}); default: experiments/grid-quest.ts"),
+      Argument.withDescription(
+        "An experiment file that default-exports defineExperiment({...}), or a run directory to run again; default: experiments/grid-quest.ts"
+      ),
       Argument.optional
     ),
     episodes: optionalInt("episodes", "Episodes to run (overrides the experiment's environment.episodes)"),
     concurrency: optionalInt("concurrency", "Episodes running at once"),
     seed: optionalInt("seed", "Run seed: seeds rows, environments and sampling"),
-    out: Flag.String("out").pipe(Flag.withDescription("Parent directory of the run directory (default: runs)"), Flag.optional),
-    name: Flag.String("name").pipe(Flag.withDescription("Run name: the run directory is <out>/<name>"), Flag.optional)
+    out: optionalString("out", "Parent directory of the run directory (default: runs)"),
+    name: optionalString("name", "Run name: the run directory is <out>/<name>"),
+    model: optionalString("model", "The model directory"),
+    samplesPerRow: optionalInt("samples-per-row", "Episodes per row (a GRPO group)"),
+    maxTurns: optionalInt("max-turns", "Assistant turns per episode at most"),
+    maxNewTokens: optionalInt("max-new-tokens", "Tokens per assistant turn at most"),
+    temperature: optionalString("temperature", "Sampling temperature; 0 is greedy"),
+    set: Flag.KeyValuePair("set").pipe(
+      Flag.withDescription("Any field of the experiment, e.g. --set limits.timeoutMs=60000 --set sampling.topP=0.9 (values are JSON or text)"),
+      Flag.optional
+    ),
+    parquet: Flag.Boolean("parquet").pipe(Flag.withDescription("Also write trajectories.parquet (verl's column names)"), Flag.withDefault(false)),
+    dashboard: Flag.Boolean("dashboard").pipe(
+      Flag.withDescription("Serve a live web page of the run on 127.0.0.1 and print its address"),
+      Flag.withDefault(false)
+    ),
+    dashboardPort: optionalInt("dashboard-port", "Port of the dashboard (default: a free one)"),
+    inspect: Flag.String("inspect").pipe(
+      Flag.withOptionalValue("ws://localhost:8080"),
+      Flag.withDescription(
+        "Send every episode's states to a Stately inspector server: --inspect (ws://localhost:8080) or --inspect=ws://host:port; start one with `npm run inspector`"
+      ),
+      Flag.optional
+    )
   },
   Effect.fn(function*(flags) {
     const file = Option.getOrElse(flags.experiment, () => defaultExperiment)
     const loaded = yield* loadExperiment(file)
-    const overridden: ExperimentConfig = {
-      ...loaded,
-      ...Option.match(flags.name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
-      ...Option.match(flags.concurrency, { onNone: () => ({}), onSome: (concurrency) => ({ concurrency }) }),
-      ...Option.match(flags.seed, { onNone: () => ({}), onSome: (seed) => ({ seed }) }),
-      ...Option.match(flags.out, { onNone: () => ({}), onSome: (out) => ({ out }) }),
-      ...Option.match(flags.episodes, {
-        onNone: () => ({}),
-        onSome: (episodes) => {
-          if (loaded.environment === undefined) {
-            throw new ExperimentError({ message: "--episodes needs an experiment with `environment`; this one reads a dataset" })
-          }
-          return { environment: { ...loaded.environment, episodes } }
-        }
-      })
-    }
+    const overridden = yield* Effect.try({
+      try: () =>
+        applyOverrides(loaded, {
+          name: Option.getOrUndefined(flags.name),
+          model: Option.getOrUndefined(flags.model),
+          episodes: Option.getOrUndefined(flags.episodes),
+          concurrency: Option.getOrUndefined(flags.concurrency),
+          seed: Option.getOrUndefined(flags.seed),
+          out: Option.getOrUndefined(flags.out),
+          samplesPerRow: Option.getOrUndefined(flags.samplesPerRow),
+          maxTurns: Option.getOrUndefined(flags.maxTurns),
+          maxNewTokens: Option.getOrUndefined(flags.maxNewTokens),
+          temperature: Option.getOrUndefined(flags.temperature),
+          parquet: flags.parquet,
+          set: Option.getOrUndefined(flags.set)
+        }),
+      catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })
+    })
     const experiment = yield* Effect.try({
       try: () => resolve(overridden),
       catch: (cause) => cause instanceof ExperimentError ? cause : new ExperimentError({ message: String(cause) })
@@ -87,26 +128,30 @@ const run = Command.make(
     process.on("SIGINT", onSignal)
     process.on("SIGTERM", onSignal)
 
-    let lastPrint = 0
+    const watchers = yield* Watchers.make({
+      dashboard: flags.dashboard,
+      dashboardPort: Option.getOrUndefined(flags.dashboardPort),
+      inspect: Option.getOrUndefined(flags.inspect),
+      model: experiment.model,
+      // At a terminal the dashboard stays up after the run until Ctrl-C, so the finished run can be looked at.
+      lingerDashboard: process.stdout.isTTY === true
+    })
     const { directory, summary } = yield* Run.run(experiment, overridden, {
       stop,
-      onStart: (directory) => process.stdout.write(`episodic run ${experiment.name}: writing ${directory}\n`),
-      onProgress: (s) => {
-        // Plain lines, at most one a second: readable in a terminal, a pipe or a CI log.
-        if (Date.now() - lastPrint < 1000) return
-        lastPrint = Date.now()
-        process.stdout.write(
-          `episodes ${s.episodes}  mean reward ${s.mean_reward.toFixed(3)}  ${s.episodes_per_second.toFixed(1)} ep/s  ${JSON.stringify(s.finish_reasons)}\n`
-        )
+      inspect: watchers.inspect,
+      onStart: (directory, monitor) => {
+        process.stdout.write(`episodic run ${experiment.name}: writing ${directory}\n`)
+        watchers.start(monitor)
       }
-    }).pipe(Effect.ensuring(Effect.sync(() => {
+    }).pipe(Effect.ensuring(Effect.promise(async () => {
       process.off("SIGINT", onSignal)
       process.off("SIGTERM", onSignal)
+      await watchers.stop()
     })))
     yield* Console.log(
       `done: ${summary.episodes} episodes in ${summary.wall_seconds.toFixed(1)} s, mean reward ${summary.mean_reward.toFixed(3)}, ` +
         `finish reasons ${JSON.stringify(summary.finish_reasons)}\n` +
-        `  ${path.join(directory, "trajectories.jsonl")}\n  ${path.join(directory, "summary.json")}`
+        `  ${directory}: trajectories.jsonl, metrics.jsonl, summary.json, config.json`
     )
     if (summary.interrupted && interrupts > 0) process.exitCode = 130
   })
@@ -114,7 +159,9 @@ const run = Command.make(
   Command.withDescription("Run an experiment: episodes over its rows, trajectories to runs/<name>/trajectories.jsonl"),
   Command.withExamples([
     { command: "episodic run", description: "Run the default experiment (grid-quest)" },
-    { command: "episodic run experiments/grid-quest-solver.ts --episodes 50", description: "Run an experiment file, overriding its episode count" }
+    { command: "episodic run experiments/grid-quest-solver.ts --episodes 50", description: "Run an experiment file, overriding its episode count" },
+    { command: "episodic run --dashboard", description: "Watch the run in a web page" },
+    { command: "episodic run runs/grid-quest --name again", description: "Run a run directory's experiment again" }
   ])
 )
 

@@ -16,6 +16,8 @@ export interface InitOptions {
   readonly seed?: number
   /** Tokenizer size: 256 bytes, 3 special tokens, and learned merges up to this many. */
   readonly vocabSize?: number
+  /** Replace an existing directory (the default); false keeps one that appeared meanwhile. */
+  readonly replace?: boolean
 }
 
 /** Weights drawn as Hugging Face initialises Llama: normal(0, 0.02) matrices, unit RMSNorm scales. */
@@ -68,14 +70,20 @@ export const initModel = async (out: string, options: InitOptions = {}): Promise
   json("tokenizer_config.json", tokenizer.tokenizerConfig)
   Safetensors.write(path.join(staging, "model.safetensors"), weights)
   writeOnnx(staging, config, weights)
-  rmSync(target, { recursive: true, force: true })
-  renameSync(staging, target)
+  if (options.replace !== false) rmSync(target, { recursive: true, force: true })
+  try {
+    renameSync(staging, target)
+  } catch (cause) {
+    // Another process made the same model first (two runs on first use): keep theirs.
+    rmSync(staging, { recursive: true, force: true })
+    if (options.replace !== false || !existsSync(path.join(target, "config.json"))) throw cause
+  }
   return config
 }
 
 /** The default experiment's model is made on first use. */
 export const ensureModel = async (directory: string, options: InitOptions = {}): Promise<boolean> => {
   if (existsSync(path.join(directory, "onnx", "model.onnx")) && existsSync(path.join(directory, "config.json"))) return false
-  await initModel(directory, options)
+  await initModel(directory, { ...options, replace: false })
   return true
 }
