@@ -41,9 +41,10 @@ describe("episodic run", () => {
   it("--help explains every flag and exits 0", async () => {
     const result = await episodic(["run", "--help"])
     expect(result.code).toBe(0)
-    for (const flag of ["--episodes", "--concurrency", "--seed", "--out", "--name"]) {
+    for (const flag of ["--episodes", "--concurrency", "--seed", "--out", "--name", "--model", "--max-turns", "--temperature"]) {
       expect(result.stdout).toMatch(new RegExp(`${flag} \\w+ +\\S`))
     }
+    for (const flag of ["--set key=value", "--parquet", "--dashboard", "--inspect"]) expect(result.stdout).toContain(flag)
     expect(result.stdout).toContain("default: experiments/grid-quest.ts")
   })
 
@@ -95,6 +96,39 @@ export default defineExperiment({ name: "no-model", model: "models/nowhere", env
     expect(result.stderr.trim().split("\n")).toHaveLength(1)
     expect(result.stderr).toMatch(/needs a model at .*models\/nowhere .*npx episodic model init --out models\/nowhere/)
     expect(existsSync(path.join(dir, "runs"))).toBe(false)
+  })
+
+  it("overrides any field from flags, writes metrics, plots and Parquet, and runs a run directory again", async () => {
+    const out = workdir()
+    const result = await episodic([
+      "run", "experiments/grid-quest-solver.ts", "--episodes", "12", "--out", out, "--name", "first",
+      "--max-turns", "6", "--set", "limits.timeoutMs=60000", "--set", "environment.config={\"maxSteps\": 10}", "--parquet"
+    ])
+    expect(result.code, result.stderr).toBe(0)
+    const first = path.join(out, "first")
+    const config = JSON.parse(readFileSync(path.join(first, "config.json"), "utf8"))
+    expect(config.limits).toMatchObject({ maxTurns: 6, timeoutMs: 60000 })
+    expect(config.environmentConfig["grid-quest"]).toEqual({ maxSteps: 10 })
+    expect(config.source).toBe(path.join(root, "experiments", "grid-quest-solver.ts"))
+    for (const file of ["metrics.jsonl", "trajectories.parquet", "reward.svg", "reward.png", "success.svg", "tokens-per-second.svg"]) {
+      expect(existsSync(path.join(first, file)), file).toBe(true)
+    }
+    const again = await episodic(["run", first, "--name", "second"])
+    expect(again.code, again.stderr).toBe(0)
+    const second = path.join(out, "second")
+    const secondConfig = JSON.parse(readFileSync(path.join(second, "config.json"), "utf8"))
+    expect({ ...secondConfig, name: "first" }).toEqual(config)
+    // The solver is deterministic: the same seeds give the same episodes, token for token.
+    const strip = (records: Array<Record<string, unknown>>) => records.map(({ responseIds, reward }) => ({ responseIds, reward }))
+    expect(strip(readRecords(path.join(second, "trajectories.jsonl")))).toEqual(strip(readRecords(path.join(first, "trajectories.jsonl"))))
+  })
+
+  it("refuses --inspect when no inspector listens, naming the URL, before making a run directory", async () => {
+    const dir = workdir()
+    const result = await episodic(["run", "experiments/grid-quest-solver.ts", "--out", dir, "--inspect=ws://127.0.0.1:9"])
+    expect(result.code).toBe(1)
+    expect(result.stderr).toMatch(/no Stately inspector server at ws:\/\/127\.0\.0\.1:9/)
+    expect(existsSync(path.join(dir, "grid-quest-solver"))).toBe(false)
   })
 
   it("names the bad field of an experiment", async () => {
