@@ -14,5 +14,7 @@ export default defineExperiment({
   concurrency: 64,
   limits: { maxTurns: 12, maxNewTokens: 16, maxResponseTokens: 1024, timeoutMs: 120_000 },
   sampling: { temperature: 1 },
+  // Greedy play on 200 held-out seeds after the run: eval_success in summary.json.
+  evaluation: { episodes: 200 },
   seed: 0
 })

@@ -38,6 +38,11 @@ export interface EngineOptions {
 export interface RunOptions {
   /** Completing it stops the run gently: no new episodes, running ones end `interrupted` and are emitted. */
   readonly stop?: Deferred.Deferred<void> | undefined
+  /** This run's sampling and samples per row instead of the engine's (greedy evaluation, say). */
+  readonly sampling?: SamplingParams | undefined
+  readonly samplesPerRow?: number | undefined
+  /** Put before every episode id, so that episodes of different runs never share one (nor a KV cache). */
+  readonly idPrefix?: string | undefined
 }
 
 export class Engine extends Context.Service<Engine, {
@@ -58,12 +63,12 @@ const make = (options: EngineOptions) =>
     if (Result.isFailure(checked)) return yield* new EngineOptionsError({ message: `engine options: ${checked.failure}` })
     const context = yield* Effect.context<Inference | Tokenizer>()
 
-    const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, stop: RunOptions["stop"]): Episode.EpisodeSpec => {
+    const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, runOptions: RunOptions | undefined): Episode.EpisodeSpec => {
       const name = row.extra_info.interaction_kwargs.name
       const seed = row.extra_info.seed ?? deriveSeed(options.seed, rowIndex)
       return {
         input: {
-          id: `${rowIndex}-${sample}`,
+          id: `${runOptions?.idPrefix ?? ""}${rowIndex}-${sample}`,
           groupId: row.extra_info.group_id ?? String(rowIndex),
           interaction: name,
           seed,
@@ -71,11 +76,11 @@ const make = (options: EngineOptions) =>
         },
         row,
         makeEnvironment: (): Environment => options.environments.get(name).make(options.environmentConfig?.[name] ?? {}),
-        sampling: options.sampling,
+        sampling: runOptions?.sampling ?? options.sampling,
         sample,
         envCallTimeoutMs: options.envCallTimeoutMs,
         inspect: options.inspect,
-        stop
+        stop: runOptions?.stop
       }
     }
 
@@ -88,7 +93,9 @@ const make = (options: EngineOptions) =>
       return admitted.pipe(
         Stream.zipWithIndex,
         Stream.flatMap(([row, rowIndex]) =>
-          Stream.range(0, options.samplesPerRow - 1).pipe(Stream.map((sample) => episodeOf(row, rowIndex, sample, stop)))
+          Stream.range(0, (runOptions?.samplesPerRow ?? options.samplesPerRow) - 1).pipe(
+            Stream.map((sample) => episodeOf(row, rowIndex, sample, runOptions))
+          )
         ),
         Stream.mapEffect(
           (spec) => stopped() ? Effect.succeed(undefined) : Episode.run(spec).pipe(Effect.provideContext(context)),

@@ -48,6 +48,11 @@ export interface ExperimentConfig {
   readonly inference?: Partial<InferenceSettings>
   /** Make the model with `episodic model init` when its directory has none yet (the default experiment does). */
   readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
+  /**
+   * After the run, play held-out seeds of the environment with greedy decoding (or the run's sampling):
+   * eval/trajectories.jsonl, and eval_success / eval_mean_reward in summary.json.
+   */
+  readonly evaluation?: { readonly episodes: number; readonly seed?: number; readonly greedy?: boolean }
   /** Extra outputs in the run directory. */
   readonly outputs?: {
     /** trajectories.parquet besides trajectories.jsonl, with the same (verl's) column names. */
@@ -89,6 +94,7 @@ export const ResolvedExperiment = Schema.Struct({
     preset: Schema.Literals(["tiny", "small"]),
     seed: Schema.Int
   })),
+  evaluation: Schema.optional(Schema.Struct({ episodes: PositiveInt, seed: Schema.Int, greedy: Schema.Boolean })),
   outputs: Schema.Struct({ parquet: Schema.Boolean }),
   source: Schema.optional(Schema.String)
 })
@@ -133,8 +139,15 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     out: config.out ?? defaults.out,
     inference: { ...defaults.inference, ...config.inference },
     modelInit: config.modelInit === undefined ? undefined : { preset: "tiny", seed: 0, ...config.modelInit },
+    // Held-out by default: the seed the training rows cannot have (theirs is `seed`).
+    evaluation: config.evaluation === undefined
+      ? undefined
+      : { seed: (config.seed ?? defaults.seed) + 1_000_003, greedy: true, ...config.evaluation },
     outputs: { parquet: false, ...config.outputs },
     source: config.source
+  }
+  if (config.evaluation !== undefined && config.environment === undefined) {
+    throw new ExperimentError({ message: "experiment: `evaluation` plays held-out seeds of `environment`; this experiment reads a dataset" })
   }
   const resolved = decodeOrProblem(ResolvedExperiment, candidate)
   if (Result.isFailure(resolved)) {

@@ -20,10 +20,20 @@ import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
-import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
+import { isSuccess, RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
+import { SamplingParams } from "./Generation.ts"
 import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
 import { writePlots, writePngs } from "./plots.ts"
 import type { InspectionEvent } from "xstate"
+
+export interface EvaluationSummary {
+  readonly episodes: number
+  readonly seed: number
+  readonly greedy: boolean
+  readonly mean_reward: number
+  /** Share of episodes with a total reward above zero. */
+  readonly success_rate: number
+}
 
 export interface Summary {
   readonly name: string
@@ -35,6 +45,10 @@ export interface Summary {
   readonly wall_seconds: number
   readonly episodes_per_second: number
   readonly interrupted: boolean
+  /** The held-out evaluation, when the experiment asks for one. */
+  readonly eval_success?: number
+  readonly eval_mean_reward?: number
+  readonly evaluation?: EvaluationSummary
 }
 
 /** What a run streams: every finished trajectory, and a metrics point (also a line of metrics.jsonl) now and then. */
@@ -161,13 +175,14 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
       seed: experiment.seed,
       bufferCapacity: Math.max(16, experiment.concurrency)
     }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(experiment.model)))
-    return yield* rollout(experiment, rows, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
+    return yield* rollout(experiment, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })
 }
 
 const rollout = (
   experiment: ResolvedExperiment,
   rows: Stream.Stream<DatasetRow, Dataset.DatasetError>,
+  registry: EnvironmentRegistry,
   monitor: RunMonitor,
   options: RunOptions
 ) =>
@@ -255,14 +270,56 @@ const rollout = (
         catch: (cause) => new ExperimentError({ message: `cannot write trajectories.parquet: ${errorMessage(cause)}` })
       })
     }
+    const evaluation = experiment.evaluation !== undefined && (finishReasons.interrupted ?? 0) === 0
+      ? yield* evaluate(experiment, registry, path.join(directory, "eval", "trajectories.jsonl"), options.stop)
+      : undefined
     // The curves as images, readable without the dashboard.
     yield* Effect.tryPromise({
       try: () => writePngs(writePlots(directory, monitor.history())),
       catch: (cause) => new ExperimentError({ message: `cannot write the plots: ${errorMessage(cause)}` })
     })
-    const result = summary()
+    const result: Summary = evaluation === undefined
+      ? summary()
+      : { ...summary(), eval_success: evaluation.success_rate, eval_mean_reward: evaluation.mean_reward, evaluation }
     writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
     return { directory, summary: result } satisfies RunResult
+  })
+
+/** Held-out seeds of the experiment's environment, played by the same engine (and model), greedy by default. */
+const evaluate = (
+  experiment: ResolvedExperiment,
+  registry: EnvironmentRegistry,
+  file: string,
+  stop: Deferred.Deferred<void> | undefined
+) =>
+  Effect.gen(function*() {
+    const engine = yield* Engine
+    const settings = experiment.evaluation!
+    const { name } = experiment.environment!
+    const rows = registry.get(name).rows!({ seed: settings.seed, count: settings.episodes, config: experiment.environmentConfig[name] ?? {} })
+    mkdirSync(path.dirname(file), { recursive: true })
+    writeFileSync(file, "")
+    const writer = yield* JsonlWriter.open(file)
+    const sampling = settings.greedy ? new SamplingParams({ ...experiment.sampling, temperature: 0 }) : experiment.sampling
+    let episodes = 0
+    let rewardSum = 0
+    let successes = 0
+    yield* engine.run(Stream.fromIterable(rows), { stop, sampling, samplesPerRow: 1, idPrefix: "eval-" }).pipe(
+      Stream.runForEach((trajectory) =>
+        writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => {
+          episodes++
+          rewardSum += trajectory.reward
+          if (isSuccess(trajectory)) successes++
+        })))
+      )
+    )
+    return {
+      episodes,
+      seed: settings.seed,
+      greedy: settings.greedy,
+      mean_reward: episodes > 0 ? rewardSum / episodes : 0,
+      success_rate: episodes > 0 ? successes / episodes : 0
+    } satisfies EvaluationSummary
   })
 
 /**

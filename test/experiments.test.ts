@@ -70,6 +70,28 @@ describe("runExperiment (the Promise facade)", () => {
     expect(lines(path.join(directory, "trajectories.jsonl"))).toHaveLength(delivered)
   })
 
+  it("evaluates on held-out seeds after the run, greedy, into eval/ and the summary", async () => {
+    const { default: solver } = await import("../experiments/grid-quest-solver.ts")
+    const run = runExperiment({
+      ...solver,
+      model: await tinyModel(),
+      environment: { name: "grid-quest", episodes: 4 },
+      evaluation: { episodes: 5 },
+      out: out()
+    })
+    for await (const _ of run) void _
+    const { summary, directory } = await run.result
+    const evaluated = lines(path.join(directory, "eval", "trajectories.jsonl"))
+    expect(evaluated).toHaveLength(5)
+    expect(evaluated.every((record) => String(record.id).startsWith("eval-"))).toBe(true)
+    // Held out: none of the evaluation's games is one of the run's.
+    const trained = new Set(lines(path.join(directory, "trajectories.jsonl")).map((record) => record.seed))
+    expect(evaluated.some((record) => trained.has(record.seed))).toBe(false)
+    // The scripted solver wins every game.
+    expect(summary.eval_success).toBe(1)
+    expect(summary.evaluation).toMatchObject({ episodes: 5, greedy: true })
+  })
+
   it("rejects a bad experiment with the field named", async () => {
     const run = runExperiment({ ...chat, concurrency: -1 })
     await expect(run.result).rejects.toThrow(/concurrency/)

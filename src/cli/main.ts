@@ -151,6 +151,10 @@ const run = Command.make(
     yield* Console.log(
       `done: ${summary.episodes} episodes in ${summary.wall_seconds.toFixed(1)} s, mean reward ${summary.mean_reward.toFixed(3)}, ` +
         `finish reasons ${JSON.stringify(summary.finish_reasons)}\n` +
+        (summary.evaluation === undefined
+          ? ""
+          : `evaluation: ${summary.evaluation.episodes} held-out episodes${summary.evaluation.greedy ? ", greedy" : ""}: ` +
+            `success ${summary.evaluation.success_rate.toFixed(3)}, mean reward ${summary.evaluation.mean_reward.toFixed(3)}\n`) +
         `  ${directory}: trajectories.jsonl, metrics.jsonl, summary.json, config.json`
     )
     if (summary.interrupted && interrupts > 0) process.exitCode = 130
