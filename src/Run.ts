@@ -270,6 +270,8 @@ const rollout = (
         catch: (cause) => new ExperimentError({ message: `cannot write trajectories.parquet: ${errorMessage(cause)}` })
       })
     }
+    const ran = summary()
+    monitor.setPhase("evaluation")
     const evaluation = experiment.evaluation !== undefined && (finishReasons.interrupted ?? 0) === 0
       ? yield* evaluate(experiment, registry, path.join(directory, "eval", "trajectories.jsonl"), options.stop)
       : undefined
@@ -279,8 +281,8 @@ const rollout = (
       catch: (cause) => new ExperimentError({ message: `cannot write the plots: ${errorMessage(cause)}` })
     })
     const result: Summary = evaluation === undefined
-      ? summary()
-      : { ...summary(), eval_success: evaluation.success_rate, eval_mean_reward: evaluation.mean_reward, evaluation }
+      ? ran
+      : { ...ran, eval_success: evaluation.success_rate, eval_mean_reward: evaluation.mean_reward, evaluation }
     writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
     return { directory, summary: result } satisfies RunResult
   })

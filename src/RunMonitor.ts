@@ -23,6 +23,8 @@ export interface InferenceGauges {
 
 export interface RunSnapshot {
   readonly name: string
+  /** "run" while the run's episodes play, "evaluation" while held-out seeds do. */
+  readonly phase: "run" | "evaluation"
   readonly elapsedSeconds: number
   /** Finished episodes, and how many the run will have (undefined when not known up front). */
   readonly done: number
@@ -83,6 +85,7 @@ export class RunMonitor {
   #generated = 0
   #window = { episodes: 0, reward: 0, successes: 0, generated: 0, startedSeconds: 0 }
   #inference: InferenceGauges | undefined
+  #phase: "run" | "evaluation" = "run"
 
   constructor(name: string, total: number | undefined, recentLimit = 50) {
     this.name = name
@@ -117,6 +120,10 @@ export class RunMonitor {
     for (const listener of this.#listeners) listener(trajectory)
   }
 
+  setPhase(phase: "run" | "evaluation"): void {
+    this.#phase = phase
+  }
+
   setInference(gauges: InferenceGauges): void {
     this.#inference = gauges
   }
@@ -134,6 +141,7 @@ export class RunMonitor {
     const rate = elapsed > 0 ? this.#done / elapsed : 0
     return {
       name: this.name,
+      phase: this.#phase,
       elapsedSeconds: elapsed,
       done: this.#done,
       total: this.total,

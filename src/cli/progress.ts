@@ -18,8 +18,8 @@ export const progressLine = (s: RunSnapshot): string => {
   if (s.inference !== undefined) {
     parts.push(`batch ${s.inference.running}/${s.inference.maxBatchSize} (mean ${s.inference.batchOccupancy.toFixed(1)}) queued ${s.inference.queued}`)
   }
-  parts.push(s.etaSeconds === undefined ? `${duration(s.elapsedSeconds)} elapsed` : `ETA ${duration(s.etaSeconds)}`)
-  return parts.join(" · ")
+  parts.push(s.etaSeconds === undefined || s.phase === "evaluation" ? `${duration(s.elapsedSeconds)} elapsed` : `ETA ${duration(s.etaSeconds)}`)
+  return (s.phase === "evaluation" ? "evaluating on held-out seeds · " : "") + parts.join(" · ")
 }
 
 export const startProgress = (monitor: RunMonitor, out: NodeJS.WriteStream = process.stdout): { stop(): void } => {
