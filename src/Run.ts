@@ -199,6 +199,7 @@ const rollout = (
     const metricsFile = path.join(directory, "metrics.jsonl")
     writeFileSync(metricsFile, "")
     const metricsWriter = yield* JsonlWriter.openLines(metricsFile)
+    monitor.begin()
     options.onStart?.(directory, monitor)
 
     // The inference actor's batch, sampled twice a second for the monitor.
@@ -212,24 +213,19 @@ const rollout = (
       )
     }
 
-    const started = Date.now()
-    const finishReasons: Partial<Record<FinishReason, number>> = {}
-    let episodes = 0
-    let rewardSum = 0
-    let turnSum = 0
-    let responseTokens = 0
+    // The summary is the monitor's view of the run, in summary.json's words.
     const summary = (): Summary => {
-      const wall = (Date.now() - started) / 1000
+      const now = monitor.snapshot()
       return {
         name: experiment.name,
-        episodes,
-        finish_reasons: finishReasons,
-        mean_reward: episodes > 0 ? rewardSum / episodes : 0,
-        mean_turns: episodes > 0 ? turnSum / episodes : 0,
-        response_tokens: responseTokens,
-        wall_seconds: wall,
-        episodes_per_second: wall > 0 ? episodes / wall : 0,
-        interrupted: (finishReasons.interrupted ?? 0) > 0
+        episodes: now.done,
+        finish_reasons: now.finishReasons,
+        mean_reward: now.meanReward,
+        mean_turns: now.meanTurns,
+        response_tokens: now.responseTokens,
+        wall_seconds: now.elapsedSeconds,
+        episodes_per_second: now.elapsedSeconds > 0 ? now.done / now.elapsedSeconds : 0,
+        interrupted: (now.finishReasons.interrupted ?? 0) > 0
       }
     }
     // A metrics point every 1% of the run (every 10 episodes when the total is not known) but at most one a
@@ -250,11 +246,6 @@ const rollout = (
       Stream.runForEach((trajectory) =>
         writer.write(trajectory).pipe(
           Effect.andThen(Effect.sync(() => {
-            episodes++
-            rewardSum += trajectory.reward
-            turnSum += trajectory.numTurns
-            responseTokens += trajectory.responseIds.length
-            finishReasons[trajectory.finishReason] = (finishReasons[trajectory.finishReason] ?? 0) + 1
             monitor.record(trajectory)
             options.onEvent?.({ type: "trajectory", trajectory })
             options.onProgress?.(summary(), trajectory)
@@ -263,7 +254,7 @@ const rollout = (
         )
       )
     )
-    if (sincePoint > 0 || episodes === 0) yield* writePoint()
+    if (sincePoint > 0 || monitor.snapshot().done === 0) yield* writePoint()
     if (experiment.outputs.parquet) {
       yield* Effect.try({
         try: () => writeTrajectoriesParquet(trajectoriesFile, path.join(directory, "trajectories.parquet")),
@@ -272,7 +263,7 @@ const rollout = (
     }
     const ran = summary()
     monitor.setPhase("evaluation")
-    const evaluation = experiment.evaluation !== undefined && (finishReasons.interrupted ?? 0) === 0
+    const evaluation = experiment.evaluation !== undefined && !ran.interrupted
       ? yield* evaluate(experiment, registry, path.join(directory, "eval", "trajectories.jsonl"), options.stop)
       : undefined
     // The curves as images, readable without the dashboard.

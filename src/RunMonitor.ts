@@ -33,7 +33,10 @@ export interface RunSnapshot {
   readonly states: Readonly<Record<string, number>>
   readonly finishReasons: Partial<Record<FinishReason, number>>
   readonly meanReward: number
+  readonly meanTurns: number
   readonly successRate: number
+  /** Every response token, the environment's included. */
+  readonly responseTokens: number
   /** Tokens the policy generated (mask 1), and per second of the run. */
   readonly generatedTokens: number
   readonly tokensPerSecond: number
@@ -73,7 +76,7 @@ export class RunMonitor {
   readonly total: number | undefined
   /** Finished trajectories kept for viewers, newest last. */
   readonly recentLimit: number
-  readonly #started = Date.now()
+  #started = Date.now()
   readonly #states = new Map<string, string>()
   readonly #finishReasons: Partial<Record<FinishReason, number>> = {}
   readonly #recent: Array<Trajectory> = []
@@ -83,6 +86,8 @@ export class RunMonitor {
   #rewardSum = 0
   #successes = 0
   #generated = 0
+  #turns = 0
+  #responseTokens = 0
   #window = { episodes: 0, reward: 0, successes: 0, generated: 0, startedSeconds: 0 }
   #inference: InferenceGauges | undefined
   #phase: "run" | "evaluation" = "run"
@@ -91,6 +96,11 @@ export class RunMonitor {
     this.name = name
     this.total = total
     this.recentLimit = recentLimit
+  }
+
+  /** The run's clock starts now (after the model has loaded). */
+  begin(): void {
+    this.#started = Date.now()
   }
 
   /** An episode actor's inspection event: tracks which state each running episode is in. */
@@ -110,6 +120,8 @@ export class RunMonitor {
     this.#rewardSum += trajectory.reward
     this.#successes += success
     this.#generated += generated
+    this.#turns += trajectory.numTurns
+    this.#responseTokens += trajectory.responseIds.length
     this.#finishReasons[trajectory.finishReason] = (this.#finishReasons[trajectory.finishReason] ?? 0) + 1
     this.#window.episodes++
     this.#window.reward += trajectory.reward
@@ -148,6 +160,8 @@ export class RunMonitor {
       states,
       finishReasons: { ...this.#finishReasons },
       meanReward: this.#done > 0 ? this.#rewardSum / this.#done : 0,
+      meanTurns: this.#done > 0 ? this.#turns / this.#done : 0,
+      responseTokens: this.#responseTokens,
       successRate: this.#done > 0 ? this.#successes / this.#done : 0,
       generatedTokens: this.#generated,
       tokensPerSecond: elapsed > 0 ? this.#generated / elapsed : 0,

@@ -67,10 +67,6 @@ export interface SchedulerStats {
   /** Time copying keys and values between episode caches and the batch. */
   copyMs: number
   evictions: number
-  /** At the time of asking: rows in the decode batch, requests waiting, and the batch's limit. */
-  running: number
-  queued: number
-  maxBatchSize: number
 }
 
 class SchedulerError extends Error {
@@ -142,7 +138,7 @@ export class BatchScheduler {
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
     requests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
-    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0, running: 0, queued: 0, maxBatchSize: 0
+    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0
   }
 
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {

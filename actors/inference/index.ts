@@ -18,12 +18,12 @@ import { GenerationResult, InferenceError, type GenerationRequest } from "../../
 import { Inference } from "../../src/Inference.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 import { startCore } from "./ActorCore.ts"
-import type { SchedulerRequest, SchedulerResult, SchedulerStats } from "./BatchScheduler.ts"
+import type { SchedulerRequest, SchedulerResult } from "./BatchScheduler.ts"
 import type { ExecutionProvider } from "./OnnxCausalLM.ts"
-import type { ActorInfo, ActorSettings, Call, FromWorker, Reply } from "./protocol.ts"
+import type { ActorInfo, ActorSettings, ActorStats, Call, FromWorker, Reply } from "./protocol.ts"
 
 export type { SchedulerStats } from "./BatchScheduler.ts"
-export type { ActorInfo } from "./protocol.ts"
+export type { ActorInfo, ActorStats } from "./protocol.ts"
 
 export interface InferenceActorOptions {
   /** A model directory: config.json, tokenizer files and onnx/model.onnx. */
@@ -55,7 +55,7 @@ export interface InferenceActor {
   updateWeights(weights: Weights, version: number): Promise<void>
   /** Drops the episode's cached keys and values. */
   forget(episodeId: string): void
-  stats(): Promise<SchedulerStats>
+  stats(): Promise<ActorStats>
   close(): Promise<void>
 }
 
@@ -163,7 +163,7 @@ export const start = async (options: InferenceActorOptions): Promise<InferenceAc
     },
     updateWeights: async (weights, version) => void (await transport.call({ type: "updateWeights", weights, version })),
     forget: (episodeId) => void transport.call({ type: "forget", episodeId }).catch(() => undefined),
-    stats: () => transport.call({ type: "stats" }) as Promise<SchedulerStats>,
+    stats: () => transport.call({ type: "stats" }) as Promise<ActorStats>,
     close: () => transport.close()
   }
 }

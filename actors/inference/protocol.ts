@@ -20,7 +20,15 @@ export type Call =
   | { readonly type: "stats" }
   | { readonly type: "close" }
 
-export type Reply = SchedulerResult | SchedulerStats | void
+/** The scheduler's counters, and its batch at the time of asking. */
+export interface ActorStats extends SchedulerStats {
+  /** Rows in the decode batch, requests waiting, and the batch's limit. */
+  readonly running: number
+  readonly queued: number
+  readonly maxBatchSize: number
+}
+
+export type Reply = SchedulerResult | ActorStats | void
 
 export type ToWorker = { readonly id: number; readonly call: Call }
 
