@@ -61,8 +61,6 @@ export interface RunOptions {
   readonly stop?: Deferred.Deferred<void> | undefined
   /** Called once the run directory exists, before the first episode, with the run's live monitor. */
   readonly onStart?: ((directory: string, monitor: RunMonitor) => void) | undefined
-  /** Called after every finished episode, with the summary so far. */
-  readonly onProgress?: ((summary: Summary, trajectory: Trajectory) => void) | undefined
   /** Called for every trajectory and metrics point, in order. */
   readonly onEvent?: ((event: RunEvent) => void) | undefined
   /** Receives every episode actor's inspection events (the Stately inspector). */
@@ -248,7 +246,6 @@ const rollout = (
           Effect.andThen(Effect.sync(() => {
             monitor.record(trajectory)
             options.onEvent?.({ type: "trajectory", trajectory })
-            options.onProgress?.(summary(), trajectory)
           })),
           Effect.andThen(Effect.suspend(() => (++sincePoint >= pointEvery && Date.now() - lastPoint >= 1000 ? writePoint() : Effect.void)))
         )

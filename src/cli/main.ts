@@ -1,8 +1,10 @@
 /**
- * The `episodic` command line. `episodic run [experiment]` runs an experiment file (default: the default
- * experiment in experiments/) and writes runs/<name>/trajectories.jsonl and summary.json.
- * `episodic model init` makes a model directory from nothing. `episodic serve-env <environment>` serves an environment over OpenEnv's HTTP/WebSocket protocol until
- * Ctrl-C or SIGTERM.
+ * The `episodic` command line:
+ * - `episodic run [experiment | run directory]` runs an experiment (default: experiments/grid-quest.ts) and
+ *   writes runs/<name>/ (config, trajectories, metrics, summary, plots), with a progress line, and on
+ *   request a dashboard (--dashboard) and the Stately inspector (--inspect);
+ * - `episodic model init` makes a model directory from nothing;
+ * - `episodic serve-env <environment>` serves an environment over OpenEnv's protocol until Ctrl-C or SIGTERM.
  *
  * Ctrl-C (or SIGTERM, as a job scheduler sends it) is gentle the first time: no new episodes start, running
  * ones end `interrupted` and are written whole, the summary is written, and the process exits 130. A second
