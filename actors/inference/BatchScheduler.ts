@@ -543,7 +543,7 @@ export class BatchScheduler {
     const live = this.#live()
     if (live.length === 0) return this.#clearBatch()
     const longest = Math.max(...live.map((row) => row.fed.length))
-    const tooLong = this.#length > longest * 1.25 + HEADROOM
+    const tooLong = this.#length > longest + 2 * HEADROOM
     const tooWide = this.#waiting.length === 0 && live.length <= this.#slots.length / 2
     if (tooLong || tooWide) this.#rebuild([])
   }
