@@ -40,7 +40,7 @@ const EPISODES = 1024
 const CONCURRENCY = 2 * MAX_BATCH
 const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
-const SEQUENTIAL_EPISODES = 8
+const SEQUENTIAL_EPISODES = 16
 const NAIVE_EPISODES = 32
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
