@@ -192,17 +192,24 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
   const keyIndex = g.node("Range", [zero, total, one]) // [T]
   const queryIndex = g.node("Unsqueeze", [g.node("Range", [g.node("Sub", [total, seqLen]), total, one]), "axis_1"]) // [S,1]
   const causal = g.node("LessOrEqual", [keyIndex, queryIndex]) // [S,T]
-  const real = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], [int("to", BOOL)]), shape64("axes_123", [1, 2, 3])])
-  const visible = g.node("And", [causal, real])
+  const real = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], [int("to", BOOL)]), shape64("axes_12", [1, 2])])
+  const visible = g.node("And", [causal, real]) // [B,1,S,T]
   // [past, seq]: where a row of attention probabilities divides into cached and new positions.
   const axis0 = shape64("axis_0", [0])
   const splitSizes = g.node("Concat", [g.node("Sub", [total, seqLen]), seqLen].map((x) => g.node("Unsqueeze", [x, axis0])), [int("axis", 0)])
-  const attentionBias = g.node("Where", [visible, scalar("zero_f", 0), scalar("masked_f", -1e9)])
+  // Repeated for each query head of a group: attention rows are (head in group, position), [B,1,group*S,T].
+  const attentionBias = g.node("Tile", [
+    g.node("Where", [visible, scalar("zero_f", 0), scalar("masked_f", -1e9)]),
+    shape64("bias_repeats", [1, 1, group, 1])
+  ])
 
   let x = g.node("Gather", [weight("model.embed_tokens.weight"), "input_ids"])
   const qShape = shape64("q_shape", [0, 0, kvHeads, group, d])
   const kvShape = shape64("kv_shape", [0, 0, kvHeads, d])
   const outShape = shape64("attn_out_shape", [0, 0, numHeads * d])
+  // A group's query heads and positions as one axis of rows: one product per key/value head, not per query.
+  const rowsShape = shape64("attn_rows_shape", [0, 0, -1, d])
+  const groupsShape = shape64("attn_groups_shape", [0, 0, group, -1, d])
   for (let i = 0; i < numLayers; i++) {
     const p = `model.layers.${i}`
     const hidden = rmsNorm(x, weight(`${p}.input_layernorm.weight`))
@@ -225,18 +232,19 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     // Attention reads the cached and the new keys and values where they are, rather than from their
     // concatenation: a caller that fetches only logits and new_key_values never pays for copying the cache.
     // Scores are concatenated instead (T numbers per query, not T x head_dim).
-    const axis2 = shape64(`axis_2_${i}`, [2])
-    const transposed = (x: string) => g.node("Transpose", [g.node("Unsqueeze", [x, axis2])], [ints("perm", [0, 1, 2, 4, 3])])
-    const pastScores = g.node("MatMul", [qRotated, transposed(`past_key_values.${i}.key`)])
-    const newScores = g.node("MatMul", [qRotated, transposed(newKey)])
+    const transposed = (x: string) => g.node("Transpose", [x], [ints("perm", [0, 1, 3, 2])])
+    const queries = g.node("Reshape", [qRotated, rowsShape]) // [B,kv,group*S,D]
+    const pastScores = g.node("MatMul", [queries, transposed(`past_key_values.${i}.key`)])
+    const newScores = g.node("MatMul", [queries, transposed(newKey)])
     const scores = g.node("Add", [g.node("Concat", [pastScores, newScores], [int("axis", -1)]), attentionBias])
     const probs = g.node("Softmax", [scores], [int("axis", -1)])
     const [pastProbs, newProbs] = [g.fresh("past_probs"), g.fresh("new_probs")]
     g.nodes.push({ opType: "Split", input: [probs, splitSizes], output: [pastProbs, newProbs], name: g.fresh("Split"), attribute: [int("axis", -1)] })
-    const context = g.node("Add", [
-      g.node("MatMul", [pastProbs, g.node("Unsqueeze", [`past_key_values.${i}.value`, axis2])]),
-      g.node("MatMul", [newProbs, g.node("Unsqueeze", [newValue, axis2])])
-    ]) // [B,kv,group,S,D]
+    const rows = g.node("Add", [
+      g.node("MatMul", [pastProbs, `past_key_values.${i}.value`]),
+      g.node("MatMul", [newProbs, newValue])
+    ]) // [B,kv,group*S,D]
+    const context = g.node("Reshape", [rows, groupsShape]) // [B,kv,group,S,D]
     const merged = g.node("Reshape", [g.node("Transpose", [context], [ints("perm", [0, 3, 1, 2, 4])]), outShape])
     x = g.node("Add", [x, g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])])
     const post = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`))
