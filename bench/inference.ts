@@ -37,7 +37,7 @@ import type { Trajectory } from "../src/Trajectory.ts"
 const ENV_LATENCY_MS = 20
 const MAX_BATCH = 128
 const EPISODES = 1024
-const CONCURRENCY = 2 * MAX_BATCH
+const CONCURRENCY = 3 * MAX_BATCH
 const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
 const SEQUENTIAL_EPISODES = 16
