@@ -44,23 +44,6 @@ const writeLine = (fd: number, text: string) => {
   while (written < line.length) written += writeSync(fd, line, written)
 }
 
-/** Opens `file` for appending (creating its directory); closed when the scope closes. */
-export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, Scope.Scope> =>
-  openFile(file).pipe(
-    Effect.map((fd) => ({
-      file,
-      write: (trajectory) =>
-        Effect.try({
-          try: () => writeLine(fd, JSON.stringify(Trajectory.encode(trajectory))),
-          catch: (cause) =>
-            new SinkError({
-              file,
-              message: `cannot write record ${trajectory.id}: ${errorMessage(cause).replace(/\s+/g, " ")}`
-            })
-        })
-    }))
-  )
-
 /** Opens `file` for appending JSON values, one per line. */
 export const openLines = (file: string): Effect.Effect<JsonLinesWriter, SinkError, Scope.Scope> =>
   openFile(file).pipe(
@@ -69,7 +52,23 @@ export const openLines = (file: string): Effect.Effect<JsonLinesWriter, SinkErro
       write: (value) =>
         Effect.try({
           try: () => writeLine(fd, JSON.stringify(value)),
-          catch: (cause) => new SinkError({ file, message: `cannot write: ${errorMessage(cause).replace(/\s+/g, " ")}` })
+          catch: (cause) => new SinkError({ file, message: errorMessage(cause).replace(/\s+/g, " ") })
         })
+    }))
+  )
+
+/** Opens `file` for appending trajectory records (creating its directory); closed when the scope closes. */
+export const open = (file: string): Effect.Effect<JsonlWriter, SinkError, Scope.Scope> =>
+  openLines(file).pipe(
+    Effect.map((lines) => ({
+      file,
+      write: (trajectory) =>
+        Effect.try({
+          try: () => Trajectory.encode(trajectory),
+          catch: (cause) => new SinkError({ file, message: errorMessage(cause).replace(/\s+/g, " ") })
+        }).pipe(
+          Effect.flatMap(lines.write),
+          Effect.mapError((error) => new SinkError({ file, message: `cannot write record ${trajectory.id}: ${error.message}` }))
+        )
     }))
   )

@@ -20,7 +20,7 @@ import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
-import { isSuccess, RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
+import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
 import { SamplingParams } from "./Generation.ts"
 import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
 import { writePlots, writePngs } from "./plots.ts"
@@ -291,24 +291,17 @@ const evaluate = (
     writeFileSync(file, "")
     const writer = yield* JsonlWriter.open(file)
     const sampling = settings.greedy ? new SamplingParams({ ...experiment.sampling, temperature: 0 }) : experiment.sampling
-    let episodes = 0
-    let rewardSum = 0
-    let successes = 0
+    const monitor = new RunMonitor(`${experiment.name}/eval`, rows.length)
     yield* engine.run(Stream.fromIterable(rows), { stop, sampling, samplesPerRow: 1, idPrefix: "eval-" }).pipe(
-      Stream.runForEach((trajectory) =>
-        writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => {
-          episodes++
-          rewardSum += trajectory.reward
-          if (isSuccess(trajectory)) successes++
-        })))
-      )
+      Stream.runForEach((trajectory) => writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => monitor.record(trajectory)))))
     )
+    const played = monitor.snapshot()
     return {
-      episodes,
+      episodes: played.done,
       seed: settings.seed,
       greedy: settings.greedy,
-      mean_reward: episodes > 0 ? rewardSum / episodes : 0,
-      success_rate: episodes > 0 ? successes / episodes : 0
+      mean_reward: played.meanReward,
+      success_rate: played.successRate
     } satisfies EvaluationSummary
   })
 

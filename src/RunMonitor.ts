@@ -69,7 +69,7 @@ const leafState = (value: unknown): string => {
   return String(current)
 }
 
-export const isSuccess = (trajectory: Trajectory): boolean => trajectory.reward > 0
+const isSuccess = (trajectory: Trajectory): boolean => trajectory.reward > 0
 
 export class RunMonitor {
   readonly name: string

@@ -147,10 +147,6 @@ export class BatchScheduler {
     this.#cache = new KvCacheStore(options.cacheBudgetBytes)
   }
 
-  get policyVersion(): number {
-    return this.#version
-  }
-
   get running(): number {
     return this.#live().length
   }

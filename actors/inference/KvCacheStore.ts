@@ -26,14 +26,6 @@ export class KvCacheStore {
     this.budgetBytes = budgetBytes
   }
 
-  get bytes(): number {
-    return this.#bytes
-  }
-
-  get size(): number {
-    return this.#entries.size
-  }
-
   /** Takes the entry out (the episode is running again); `undefined` when never cached or evicted. */
   take(episodeId: string): CachedSequence | undefined {
     const entry = this.#entries.get(episodeId)

@@ -89,30 +89,24 @@ export const actorGraph = (bytes: Uint8Array): Uint8Array => {
 
 /** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
 const createSession = async (
-  model: string | Uint8Array,
+  graph: Uint8Array,
   provider: ExecutionProvider,
   threads: number | undefined
 ): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
-  const options: ort.InferenceSession.SessionOptions = {
-    graphOptimizationLevel: "all",
-    ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
-    // Idle compute threads sleep instead of spinning: between steps the episodes' own work (environments,
-    // tokenization, episode machines) needs the cores.
-    extra: { session: { intra_op: { allow_spinning: process.env.EPISODIC_ORT_SPIN ?? "0" } } }
-  }
   const create = (executionProviders: Array<string>) =>
-    typeof model === "string"
-      ? ort.InferenceSession.create(model, { ...options, executionProviders })
-      : ort.InferenceSession.create(model, { ...options, executionProviders })
+    ort.InferenceSession.create(graph, {
+      graphOptimizationLevel: "all",
+      ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
+      // Idle compute threads sleep instead of spinning: between steps the episodes' own work (environments,
+      // tokenization, episode machines) needs the cores.
+      extra: { session: { intra_op: { allow_spinning: "0" } } },
+      executionProviders
+    })
   if (provider === "cuda") {
     // A missing CUDA provider is expected and reported once as the fallback below, not as an ORT error log.
     ort.env.logLevel = "fatal"
     try {
-      // Quiet: a missing CUDA provider is expected and reported as the fallback below.
-      const session = typeof model === "string"
-        ? await ort.InferenceSession.create(model, { ...options, executionProviders: ["cuda"], logSeverityLevel: 4 })
-        : await ort.InferenceSession.create(model, { ...options, executionProviders: ["cuda"], logSeverityLevel: 4 })
-      return { session, provider: "cuda" }
+      return { session: await create(["cuda"]), provider: "cuda" }
     } catch (cause) {
       return { session: await create(["cpu"]), provider: "cpu", fallback: `CUDA unavailable (${String(cause).split("\n")[0]}); running on CPU` }
     }
@@ -129,8 +123,9 @@ export class OnnxCausalLM {
   #session: ort.InferenceSession
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
-  /** Our exporter's graphs also output the new positions' keys and values alone (new_key_values.N.*). */
+  /** The outputs fetched: logits, and the new positions' keys and values (our exporter's graphs) or the present cache. */
   readonly #fetches: Array<string>
+  readonly #fetchesNewOnly: boolean
   readonly #keyName: (layer: number) => string
   readonly #valueName: (layer: number) => string
 
@@ -155,7 +150,8 @@ export class OnnxCausalLM {
     const style = inputs.includes("past_key_values.0.key") ? "" : inputs.includes("past_key_values.0.decoder.key") ? "decoder." : undefined
     if (style === undefined) throw new ModelLoadError(`${directory}: the ONNX graph has no past_key_values.0.key input (export it with the KV cache)`)
     const outputs = created.session.outputNames
-    this.#fetches = outputs.includes("new_key_values.0.key")
+    this.#fetchesNewOnly = outputs.includes("new_key_values.0.key")
+    this.#fetches = this.#fetchesNewOnly
       ? ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
       : ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
@@ -201,7 +197,7 @@ export class OnnxCausalLM {
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
     for (let layer = 0; layer < numLayers; layer++) {
-      if (this.#fetches[1]!.startsWith("new_key_values")) {
+      if (this.#fetchesNewOnly) {
         newKeys.push(out[`new_key_values.${layer}.key`]!.data as Float32Array)
         newValues.push(out[`new_key_values.${layer}.value`]!.data as Float32Array)
       } else {

@@ -80,10 +80,3 @@ export const initModel = async (out: string, options: InitOptions = {}): Promise
   }
   return config
 }
-
-/** The default experiment's model is made on first use. */
-export const ensureModel = async (directory: string, options: InitOptions = {}): Promise<boolean> => {
-  if (existsSync(path.join(directory, "onnx", "model.onnx")) && existsSync(path.join(directory, "config.json"))) return false
-  await initModel(directory, { ...options, replace: false })
-  return true
-}
