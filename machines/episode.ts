@@ -71,6 +71,8 @@ export interface InteractOutput {
   readonly role: "user" | "tool"
   readonly reward: number
   readonly done: boolean
+  /** The environment's step info, kept on the assistant turn (the reward manager reads success and invalid). */
+  readonly info?: Readonly<Record<string, unknown>>
   /** The template's tokens for the observation as the next user turn, generation prompt included. */
   readonly observationIds: ReadonlyArray<number>
 }
@@ -160,7 +162,10 @@ export const episodeMachine = setup({
     })),
     // The reward is credited to the assistant turn whose action earned it.
     recordReward: assign(({ context }, output: InteractOutput) => ({
-      turns: [...context.turns.slice(0, -1), { ...context.turns.at(-1)!, reward: output.reward }]
+      turns: [
+        ...context.turns.slice(0, -1),
+        { ...context.turns.at(-1)!, reward: output.reward, ...(output.info !== undefined ? { info: output.info } : {}) }
+      ]
     })),
     // The observation joins the context (mask 0, logprob 0) only when the policy will read it.
     recordObservation: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {

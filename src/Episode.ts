@@ -124,7 +124,14 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
           try: () => tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds),
           catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${errorMessage(cause)}` })
         })
-      return { observation: result.observation, role, reward: result.reward, done: result.done, observationIds } satisfies InteractOutput
+      return {
+        observation: result.observation,
+        role,
+        reward: result.reward,
+        done: result.done,
+        observationIds,
+        ...(result.info !== undefined ? { info: result.info } : {})
+      } satisfies InteractOutput
     })
 
   const machine = episodeMachine.provide({

@@ -39,7 +39,9 @@ export const Turn = Schema.Struct({
   reward: Schema.Finite,
   /** The policy version that generated an assistant turn; null for environment turns. */
   policyVersion: Schema.NullOr(Schema.Int),
-  timings: Timing
+  timings: Timing,
+  /** What the environment reported with the reward of an assistant turn's action (e.g. success, invalid). */
+  info: Schema.optionalKey(Schema.Record(Schema.String, Schema.Unknown))
 }).pipe(Schema.encodeKeys({ tokenStart: "token_start", tokenEnd: "token_end", policyVersion: "policy_version" }))
 export type Turn = typeof Turn.Type
 

@@ -1,0 +1,228 @@
+/**
+ * The trainer's twin of the policy: the same Llama-style decoder the ONNX exporter writes (RMSNorm, RoPE in
+ * Hugging Face's rotate-half layout, grouped-query attention, SwiGLU, untied head), in TensorFlow.js, from
+ * the same `model.safetensors`. It computes the log-probability of every recorded token, differentiably.
+ *
+ * Written for the wasm backend, the one that runs everywhere:
+ * - Linear weights are kept as [in, out] and every matrix product is a plain 2-D `matMul`: the wasm backend
+ *   sends only those to XNNPACK (about 30 GFLOPS here); a transposed or batched product falls to a naive loop
+ *   (about 2.5). The gradients are written by hand (`linear`) so that they, too, transpose explicitly.
+ * - Lookups (the embedding, the rows whose logprobs are wanted) gather forward and scatter back: the wasm
+ *   backend has no UnsortedSegmentSum, the kernel `gather`'s own gradient needs.
+ * - Only the positions that predict a scored token go through the head: in a multi-turn episode most tokens
+ *   are the environment's, and the head is the widest product in the model.
+ */
+import * as tf from "@tensorflow/tfjs"
+import type { LlamaConfig } from "../../src/model/config.ts"
+import { weightShapes } from "../../src/model/onnxExport.ts"
+import type { Weights } from "../../src/model/safetensors.ts"
+
+/** y = x·W for x [n, in], W [in, out], with both gradients as untransposed products. */
+const linear = tf.customGrad(((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+  const [x, w, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc]
+  save([x, w])
+  return {
+    value: tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D),
+    gradFunc: (dy: tf.Tensor, saved: Array<tf.Tensor>) => {
+      const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D]
+      return [tf.matMul(dy as tf.Tensor2D, tf.transpose(ws)), tf.matMul(tf.transpose(xs), dy as tf.Tensor2D)]
+    }
+  }
+}) as Parameters<typeof tf.customGrad>[0]) as (x: tf.Tensor2D, w: tf.Tensor2D) => tf.Tensor2D
+
+/** Rows of `table` at `indices`; the gradient scatters back, adding rows that were taken more than once. */
+const takeRows = (table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D => {
+  const rows = table.shape[0]
+  const op = tf.customGrad(((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+    const [t, save] = args as [tf.Tensor, tf.GradSaveFunc]
+    save([indices])
+    return {
+      value: tf.gather(t, indices),
+      gradFunc: (dy: tf.Tensor, saved: Array<tf.Tensor>) => [
+        tf.scatterND(tf.expandDims(saved[0]!, 1), dy, [rows, table.shape[1]])
+      ]
+    }
+  }) as Parameters<typeof tf.customGrad>[0]) as (t: tf.Tensor2D) => tf.Tensor2D
+  return op(table)
+}
+
+/** The variable names and [in, out] (or 1-D) shapes of the twin; HF's [out, in] linear weights are transposed. */
+const isMatrix = (shape: ReadonlyArray<number>) => shape.length === 2
+
+/**
+ * A batch to score: each sequence is prompt + response ids, right-padded to one length. `scored` lists, per
+ * sequence, the positions (in the unpadded sequence) whose token's logprob is wanted; position p is predicted
+ * by the hidden state at p - 1.
+ */
+export interface ScoreBatch {
+  readonly sequences: ReadonlyArray<ReadonlyArray<number>>
+  readonly scored: ReadonlyArray<ReadonlyArray<number>>
+}
+
+export interface ScoreOutput {
+  /** The logprob of each scored token, in batch order then position order: [N]. */
+  readonly logprobs: tf.Tensor1D
+  /** The entropy of the distribution each scored token was drawn from: [N]. */
+  readonly entropy: tf.Tensor1D
+  /** The value head's estimate at each scored position, when the model has one: [N]. */
+  readonly values: tf.Tensor1D | undefined
+}
+
+export class PolicyModel {
+  readonly config: LlamaConfig
+  /** Trainable variables by Hugging Face name (linear ones stored [in, out]), plus `value_head.weight` for PPO. */
+  readonly variables: Map<string, tf.Variable>
+  readonly #rope: { readonly cos: tf.Tensor2D; readonly sin: tf.Tensor2D }
+
+  private constructor(config: LlamaConfig, variables: Map<string, tf.Variable>) {
+    this.config = config
+    this.variables = variables
+    this.#rope = tf.tidy(() => ropeTables(config))
+  }
+
+  /** Builds the twin from a model's weights (as `model.safetensors` holds them); `valueHead` adds PPO's critic. */
+  static fromWeights(config: LlamaConfig, weights: Weights, options: { readonly valueHead?: boolean } = {}): PolicyModel {
+    if (config.tieWordEmbeddings) throw new Error("PolicyModel: tied word embeddings are not supported (the tiny and small presets are untied)")
+    const variables = new Map<string, tf.Variable>()
+    for (const [name, shape] of weightShapes(config)) {
+      const tensor = weights.get(name)
+      if (tensor === undefined) throw new Error(`PolicyModel: weight ${name} is missing`)
+      if (tensor.shape.join() !== shape.join()) throw new Error(`PolicyModel: ${name} has shape [${tensor.shape}], expected [${shape}]`)
+      const value = tf.tensor(tensor.data, [...shape])
+      // The embedding is a lookup table [vocab, hidden], used as it is; linear weights go to [in, out].
+      const stored = isMatrix(shape) && name !== "model.embed_tokens.weight" ? tf.transpose(value) : value
+      variables.set(name, tf.variable(stored, true, name))
+      if (stored !== value) value.dispose()
+      stored.dispose()
+    }
+    if (options.valueHead === true) {
+      const saved = weights.get("value_head.weight")
+      const init = saved !== undefined ? tf.tensor(saved.data, [config.hiddenSize, 1]) : tf.zeros([config.hiddenSize, 1])
+      variables.set("value_head.weight", tf.variable(init, true, "value_head.weight"))
+      init.dispose()
+    }
+    return new PolicyModel(config, variables)
+  }
+
+  /** The weights in Hugging Face's layout, ready for safetensors or the inference actor. */
+  weights(): Map<string, { readonly shape: ReadonlyArray<number>; readonly data: Float32Array }> {
+    const out = new Map<string, { readonly shape: ReadonlyArray<number>; readonly data: Float32Array }>()
+    for (const [name, variable] of this.variables) {
+      const hf = isMatrix(variable.shape) && name !== "model.embed_tokens.weight" && name !== "value_head.weight"
+      const tensor = hf ? tf.transpose(variable) : variable
+      out.set(name, { shape: tensor.shape, data: tensor.dataSync() as Float32Array })
+      if (tensor !== variable) tensor.dispose()
+    }
+    return out
+  }
+
+  /** Overwrites the variables with `weights` (same names and Hugging Face shapes). */
+  assign(weights: Weights): void {
+    for (const [name, variable] of this.variables) {
+      const tensor = weights.get(name)
+      if (tensor === undefined) continue
+      tf.tidy(() => {
+        const value = tf.tensor(tensor.data, [...tensor.shape])
+        const hf = isMatrix(variable.shape) && name !== "model.embed_tokens.weight" && name !== "value_head.weight"
+        variable.assign(hf ? tf.transpose(value) : value)
+      })
+    }
+  }
+
+  get hasValueHead(): boolean {
+    return this.variables.has("value_head.weight")
+  }
+
+  #v(name: string): tf.Tensor2D {
+    return this.variables.get(name) as unknown as tf.Tensor2D
+  }
+
+  /**
+   * Logprobs (and entropies, and values) of the scored tokens. `temperature` divides the logits, as the
+   * sampler did, so the logprobs are of the distribution the tokens were drawn from.
+   */
+  score(batch: ScoreBatch, temperature = 1): ScoreOutput {
+    const { hiddenSize: h, numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers, rmsNormEps } = this.config
+    const b = batch.sequences.length
+    const s = Math.max(...batch.sequences.map((seq) => seq.length))
+    if (s > this.config.maxPositions) throw new Error(`PolicyModel: a sequence of ${s} tokens exceeds max_position_embeddings ${this.config.maxPositions}`)
+    const ids = new Int32Array(b * s)
+    const rows: Array<number> = []
+    const targets: Array<number> = []
+    batch.sequences.forEach((sequence, i) => {
+      ids.set(sequence, i * s)
+      for (const position of batch.scored[i] ?? []) {
+        if (position < 1 || position >= sequence.length) throw new Error(`PolicyModel: scored position ${position} is outside sequence ${i} (length ${sequence.length})`)
+        rows.push(i * s + position - 1)
+        targets.push(sequence[position]!)
+      }
+    })
+    const group = numHeads / kvHeads
+
+    const rmsNorm = (x: tf.Tensor2D, weight: tf.Tensor): tf.Tensor2D =>
+      tf.mul(tf.div(x, tf.sqrt(tf.add(tf.mean(tf.square(x), -1, true), rmsNormEps))), weight)
+
+    // Right padding: a real token only sees earlier positions, all real, so a causal mask is the whole mask.
+    const causal = tf.tidy(() => {
+      const upper = tf.sub(tf.ones([s, s]), tf.linalg.bandPart(tf.ones([s, s]), -1, 0))
+      return tf.mul(upper, -1e9)
+    })
+    const cos = tf.slice(this.#rope.cos, [0, 0], [s, d]).reshape([1, s, 1, d])
+    const sin = tf.slice(this.#rope.sin, [0, 0], [s, d]).reshape([1, s, 1, d])
+    const rotate = (x: tf.Tensor4D): tf.Tensor4D => {
+      const [x1, x2] = tf.split(x, 2, 3)
+      return tf.add(tf.mul(x, cos), tf.mul(tf.concat([tf.neg(x2!), x1!], 3), sin))
+    }
+
+    let x = takeRows(this.#v("model.embed_tokens.weight"), tf.tensor1d(ids, "int32")) // [b*s, h]
+    for (let layer = 0; layer < numLayers; layer++) {
+      const p = `model.layers.${layer}`
+      const normed = rmsNorm(x, this.#v(`${p}.input_layernorm.weight`))
+      const q = rotate(linear(normed, this.#v(`${p}.self_attn.q_proj.weight`)).reshape([b, s, numHeads, d]))
+      const k = rotate(linear(normed, this.#v(`${p}.self_attn.k_proj.weight`)).reshape([b, s, kvHeads, d]))
+      const v = linear(normed, this.#v(`${p}.self_attn.v_proj.weight`)).reshape([b, s, kvHeads, d])
+      // One product per key/value head: the group's query heads share its keys, as in the exporter.
+      const qg = tf.transpose(q.reshape([b, s, kvHeads, group, d]), [0, 2, 3, 1, 4]).reshape([b * kvHeads, group * s, d])
+      const kt = tf.transpose(k, [0, 2, 3, 1]).reshape([b * kvHeads, d, s])
+      const vg = tf.transpose(v, [0, 2, 1, 3]).reshape([b * kvHeads, s, d])
+      const scores = tf.mul(tf.matMul(qg, kt), 1 / Math.sqrt(d)).reshape([b * kvHeads, group, s, s])
+      const attention = tf.softmax(tf.add(scores, causal), -1).reshape([b * kvHeads, group * s, s])
+      const mixed = tf.matMul(attention, vg).reshape([b, kvHeads, group, s, d])
+      const merged = tf.transpose(mixed, [0, 3, 1, 2, 4]).reshape([b * s, numHeads * d]) as tf.Tensor2D
+      x = tf.add<tf.Tensor2D>(x, linear(merged, this.#v(`${p}.self_attn.o_proj.weight`)))
+      const normed2 = rmsNorm(x, this.#v(`${p}.post_attention_layernorm.weight`))
+      const gate = linear(normed2, this.#v(`${p}.mlp.gate_proj.weight`))
+      const up = linear(normed2, this.#v(`${p}.mlp.up_proj.weight`))
+      x = tf.add<tf.Tensor2D>(x, linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), this.#v(`${p}.mlp.down_proj.weight`)))
+    }
+    const hidden = rmsNorm(takeRows(x, tf.tensor1d(rows, "int32")), this.#v("model.norm.weight")) // [n, h]
+    const logits = tf.div(linear(hidden, this.#v("lm_head.weight")), temperature)
+    const logSoftmax = tf.logSoftmax(logits, -1)
+    const picked = tf.sum(tf.mul(logSoftmax, tf.oneHot(tf.tensor1d(targets, "int32"), this.config.vocabSize)), -1)
+    const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logSoftmax), logSoftmax), -1))
+    const values = this.hasValueHead ? linear(hidden, this.#v("value_head.weight")).reshape([rows.length]) : undefined
+    void h
+    return { logprobs: picked as tf.Tensor1D, entropy: entropy as tf.Tensor1D, values: values as tf.Tensor1D | undefined }
+  }
+
+  dispose(): void {
+    for (const variable of this.variables.values()) variable.dispose()
+    this.#rope.cos.dispose()
+    this.#rope.sin.dispose()
+  }
+}
+
+/** cos and sin of position * theta^(-2i/d), each half repeated: the exporter's tables. */
+const ropeTables = (config: LlamaConfig): { cos: tf.Tensor2D; sin: tf.Tensor2D } => {
+  const { headDim: d, maxPositions: n, ropeTheta } = config
+  const cos = new Float32Array(n * d)
+  const sin = new Float32Array(n * d)
+  for (let p = 0; p < n; p++) {
+    for (let i = 0; i < d / 2; i++) {
+      const angle = p * Math.pow(ropeTheta, (-2 * i) / d)
+      cos[p * d + i] = cos[p * d + i + d / 2] = Math.cos(angle)
+      sin[p * d + i] = sin[p * d + i + d / 2] = Math.sin(angle)
+    }
+  }
+  return { cos: tf.keep(tf.tensor2d(cos, [n, d])), sin: tf.keep(tf.tensor2d(sin, [n, d])) }
+}
