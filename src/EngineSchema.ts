@@ -5,6 +5,7 @@
 import { Result, Schema } from "effect"
 
 export const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+export const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
 /** Node's timers overflow past 2^31 - 1 ms (and then fire at once). */
 export const Milliseconds = PositiveInt.check(Schema.isLessThanOrEqualTo(2_147_483_647))

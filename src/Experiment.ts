@@ -6,10 +6,11 @@
 import { Result, Schema } from "effect"
 import type { EpisodeLimits } from "../machines/episode.ts"
 import type { EnvironmentDefinition } from "./Environment.ts"
-import { decodeOrProblem, EpisodeLimits as EpisodeLimitsSchema, Milliseconds, PositiveInt } from "./EngineSchema.ts"
+import { decodeOrProblem, EpisodeLimits as EpisodeLimitsSchema, Milliseconds, NonNegativeInt, PositiveInt } from "./EngineSchema.ts"
 import { SamplingParams } from "./Generation.ts"
 import type { Preset } from "./model/config.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
+import type { RewardFunction } from "../actors/trainer/rewards.ts"
 
 export interface ExperimentConfig {
   /** Names the run directory: `<out>/<name>/`. */
@@ -58,9 +59,22 @@ export interface ExperimentConfig {
     /** trajectories.parquet besides trajectories.jsonl, with the same (verl's) column names. */
     readonly parquet?: boolean
   }
+  /**
+   * Train the model on the run's episodes (see docs/training.md). Without it a run only generates. The rows
+   * are consumed `promptsPerUpdate` at a time, each giving `samplesPerRow` episodes (a GRPO group).
+   */
+  readonly trainer?: TrainerSettingsInput & {
+    /** Your own reward of a trajectory, instead of the reward manager's. */
+    readonly reward?: RewardFunction
+    /** The scripted policy that plays the warm start's demonstrations. */
+    readonly warmStart?: { readonly policy?: TextPolicy }
+  }
   /** The experiment file the run came from (the CLI sets it), so the run directory can run it again. */
   readonly source?: string
 }
+
+type DeepPartial<T> = { readonly [K in keyof T]?: NonNullable<T[K]> extends object ? DeepPartial<NonNullable<T[K]>> : T[K] }
+export type TrainerSettingsInput = DeepPartial<TrainerSettings>
 
 export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => config
 
@@ -91,13 +105,70 @@ export const ResolvedExperiment = Schema.Struct({
     threads: Schema.optional(PositiveInt)
   }),
   modelInit: Schema.optional(Schema.Struct({
-    preset: Schema.Literals(["tiny", "small"]),
+    preset: Schema.Literals(["micro", "tiny", "small"]),
     seed: Schema.Int
   })),
   evaluation: Schema.optional(Schema.Struct({ episodes: PositiveInt, seed: Schema.Int, greedy: Schema.Boolean })),
   outputs: Schema.Struct({ parquet: Schema.Boolean }),
+  trainer: Schema.optional(Schema.Struct({
+    promptsPerUpdate: PositiveInt,
+    /** How many policy versions generation may run ahead of the trainer (0: strictly on-policy). */
+    maxPolicyLag: NonNegativeInt,
+    /** What to do with trajectories older than that: leave them out, or train on them with the clipped ratio. */
+    staleTrajectories: Schema.Literals(["drop", "correct"]),
+    /** Stop updating after this long (the evaluation still runs). */
+    maxMinutes: Schema.Finite.check(Schema.isGreaterThan(0)),
+    checkpointEvery: NonNegativeInt,
+    resume: Schema.Boolean,
+    backend: Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"]),
+    microBatchTokens: PositiveInt,
+    algorithm: Schema.Struct({
+      estimator: Schema.Literals(["grpo", "ppo"]),
+      clipLow: Schema.Finite,
+      clipHigh: Schema.Finite,
+      aggregation: Schema.Literals(["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]),
+      normalizeStd: Schema.Boolean,
+      klCoef: Schema.Finite,
+      klEstimator: Schema.Literals(["k1", "k3"]),
+      entropyCoef: Schema.Finite,
+      epochs: PositiveInt,
+      minibatches: PositiveInt,
+      gamma: Schema.Finite,
+      lambda: Schema.Finite,
+      valueCoef: Schema.Finite,
+      valueClip: Schema.Finite,
+      rewardPlacement: Schema.Literals(["last-token", "per-turn"]),
+      rewards: Schema.Struct({
+        successBonus: Schema.Finite,
+        invalidPenalty: Schema.Finite,
+        efficiencyBonus: Schema.Finite,
+        maxTurns: Schema.optional(PositiveInt)
+      })
+    }),
+    optimizer: Schema.Struct({
+      learningRate: Schema.Finite.check(Schema.isGreaterThan(0)),
+      beta1: Schema.Finite,
+      beta2: Schema.Finite,
+      weightDecay: Schema.Finite,
+      maxGradNorm: Schema.Finite,
+      schedule: Schema.Struct({
+        kind: Schema.Literals(["constant", "linear", "cosine"]),
+        warmupSteps: NonNegativeInt,
+        totalSteps: Schema.optional(PositiveInt),
+        minRatio: Schema.Finite
+      })
+    }),
+    /** SFT on demonstrations before RL: `episodes` played by the warm-start policy, `steps` optimizer steps. */
+    warmStart: Schema.optional(Schema.Struct({
+      episodes: PositiveInt,
+      steps: PositiveInt,
+      batchSize: PositiveInt,
+      learningRate: Schema.Finite.check(Schema.isGreaterThan(0))
+    }))
+  })),
   source: Schema.optional(Schema.String)
 })
+export type TrainerSettings = NonNullable<ResolvedExperiment["trainer"]>
 export type InferenceSettings = ResolvedExperiment["inference"]
 export type ResolvedExperiment = typeof ResolvedExperiment.Type
 
@@ -112,7 +183,51 @@ const defaults = {
   envCallTimeoutMs: 30_000,
   seed: 0,
   out: "runs",
-  inference: { maxBatchSize: 64, maxPrefillTokens: 4096, cacheBudgetMiB: 1024, provider: "cpu" }
+  inference: { maxBatchSize: 64, maxPrefillTokens: 4096, cacheBudgetMiB: 1024, provider: "cpu" },
+  trainer: {
+    promptsPerUpdate: 8,
+    maxPolicyLag: 0,
+    staleTrajectories: "drop",
+    maxMinutes: 60,
+    checkpointEvery: 10,
+    resume: false,
+    backend: "auto",
+    microBatchTokens: 4096,
+    algorithm: {
+      estimator: "grpo",
+      clipLow: 0.2,
+      clipHigh: 0.28,
+      aggregation: "token-mean",
+      normalizeStd: true,
+      klCoef: 0,
+      klEstimator: "k3",
+      entropyCoef: 0,
+      epochs: 1,
+      minibatches: 1,
+      gamma: 0.99,
+      lambda: 0.95,
+      valueCoef: 0.5,
+      valueClip: 0.2,
+      rewardPlacement: "per-turn",
+      rewards: { successBonus: 0, invalidPenalty: 0, efficiencyBonus: 0 }
+    },
+    optimizer: { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, weightDecay: 0, maxGradNorm: 1, schedule: { kind: "constant", warmupSteps: 0, minRatio: 0 } },
+    warmStart: { episodes: 128, steps: 40, batchSize: 32, learningRate: 3e-3 }
+  }
+} as const
+
+/** The trainer's settings, every default filled in; the warm start only when the experiment asks for one. */
+const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
+  if (input === undefined) return undefined
+  const d = defaults.trainer
+  const { reward: _reward, warmStart, algorithm, optimizer, ...rest } = input
+  return {
+    ...d,
+    ...rest,
+    algorithm: { ...d.algorithm, ...algorithm, rewards: { ...d.algorithm.rewards, ...algorithm?.rewards } },
+    optimizer: { ...d.optimizer, ...optimizer, schedule: { ...d.optimizer.schedule, ...optimizer?.schedule } },
+    warmStart: warmStart === undefined ? undefined : (({ policy: _policy, ...numbers }) => ({ ...d.warmStart, ...numbers }))(warmStart as Record<string, unknown> & { policy?: unknown })
+  }
 }
 
 /** Fills in defaults and checks every field; the error names the first bad one. */
@@ -144,10 +259,17 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
       ? undefined
       : { seed: (config.seed ?? defaults.seed) + 1_000_003, greedy: true, ...config.evaluation },
     outputs: { parquet: false, ...config.outputs },
+    trainer: resolveTrainer(config.trainer),
     source: config.source
   }
   if (config.evaluation !== undefined && config.environment === undefined) {
     throw new ExperimentError({ message: "experiment: `evaluation` plays held-out seeds of `environment`; this experiment reads a dataset" })
+  }
+  if (config.trainer?.warmStart !== undefined && config.trainer.warmStart.policy === undefined) {
+    throw new ExperimentError({ message: "experiment: trainer.warmStart needs a `policy` that plays the demonstrations" })
+  }
+  if (config.trainer !== undefined && config.policy !== undefined) {
+    throw new ExperimentError({ message: "experiment: `trainer` trains the model, so the experiment cannot also set a hand-written `policy`" })
   }
   const resolved = decodeOrProblem(ResolvedExperiment, candidate)
   if (Result.isFailure(resolved)) {

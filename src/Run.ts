@@ -24,16 +24,11 @@ import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
 import { SamplingParams } from "./Generation.ts"
 import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
 import { writePlots, writePngs } from "./plots.ts"
+import { evaluate, type EvaluationSummary } from "./Evaluation.ts"
+import { train, type TrainingSummary } from "./Training.ts"
 import type { InspectionEvent } from "xstate"
 
-export interface EvaluationSummary {
-  readonly episodes: number
-  readonly seed: number
-  readonly greedy: boolean
-  readonly mean_reward: number
-  /** Share of episodes with a total reward above zero. */
-  readonly success_rate: number
-}
+export type { EvaluationSummary }
 
 export interface Summary {
   readonly name: string
@@ -49,6 +44,9 @@ export interface Summary {
   readonly eval_success?: number
   readonly eval_mean_reward?: number
   readonly evaluation?: EvaluationSummary
+  /** Held-out greedy success right after the warm start (SFT), when the run trains with one. */
+  readonly warmstart_success?: number | null
+  readonly training?: TrainingSummary
 }
 
 /** What a run streams: every finished trajectory, and a metrics point (also a line of metrics.jsonl) now and then. */
@@ -63,6 +61,8 @@ export interface RunOptions {
   readonly onStart?: ((directory: string, monitor: RunMonitor) => void) | undefined
   /** Called for every trajectory and metrics point, in order. */
   readonly onEvent?: ((event: RunEvent) => void) | undefined
+  /** Lines worth telling the person running it (the trainer's backend, the warm start's result). */
+  readonly onLog?: ((line: string) => void) | undefined
   /** Receives every episode actor's inspection events (the Stately inspector). */
   readonly inspect?: ((event: InspectionEvent) => void) | undefined
 }
@@ -173,12 +173,13 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
       seed: experiment.seed,
       bufferCapacity: Math.max(16, experiment.concurrency)
     }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(experiment.model)))
-    return yield* rollout(experiment, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
+    return yield* rollout(experiment, config, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })
 }
 
 const rollout = (
   experiment: ResolvedExperiment,
+  config: ExperimentConfig,
   rows: Stream.Stream<DatasetRow, Dataset.DatasetError>,
   registry: EnvironmentRegistry,
   monitor: RunMonitor,
@@ -240,17 +241,30 @@ const rollout = (
         return metricsWriter.write(metrics)
       })
 
-    yield* engine.run(rows, { stop: options.stop }).pipe(
-      Stream.runForEach((trajectory) =>
-        writer.write(trajectory).pipe(
-          Effect.andThen(Effect.sync(() => {
-            monitor.record(trajectory)
-            options.onEvent?.({ type: "trajectory", trajectory })
-          })),
-          Effect.andThen(Effect.suspend(() => (++sincePoint >= pointEvery && Date.now() - lastPoint >= 1000 ? writePoint() : Effect.void)))
-        )
+    const record = (trajectory: Trajectory) =>
+      writer.write(trajectory).pipe(
+        Effect.andThen(Effect.sync(() => {
+          monitor.record(trajectory)
+          options.onEvent?.({ type: "trajectory", trajectory })
+        })),
+        Effect.andThen(Effect.suspend(() => (++sincePoint >= pointEvery && Date.now() - lastPoint >= 1000 ? writePoint() : Effect.void)))
       )
-    )
+    // A training run interleaves generation and updates (src/Training.ts); otherwise the rows just play.
+    const training = experiment.trainer === undefined
+      ? undefined
+      : yield* train({
+        experiment,
+        config,
+        registry,
+        rows,
+        monitor,
+        directory,
+        stop: options.stop,
+        record,
+        writePoint,
+        log: (line) => options.onLog?.(line)
+      })
+    if (training === undefined) yield* engine.run(rows, { stop: options.stop }).pipe(Stream.runForEach(record))
     if (sincePoint > 0 || monitor.snapshot().done === 0) yield* writePoint()
     if (experiment.outputs.parquet) {
       yield* Effect.try({
@@ -268,41 +282,14 @@ const rollout = (
       try: () => writePngs(writePlots(directory, monitor.history())),
       catch: (cause) => new ExperimentError({ message: `cannot write the plots: ${errorMessage(cause)}` })
     })
-    const result: Summary = evaluation === undefined
+    const evaluated: Summary = evaluation === undefined
       ? ran
       : { ...ran, eval_success: evaluation.success_rate, eval_mean_reward: evaluation.mean_reward, evaluation }
+    const result: Summary = training === undefined
+      ? evaluated
+      : { ...evaluated, warmstart_success: training.warmstart_success, wall_seconds: monitor.snapshot().elapsedSeconds, training }
     writeAtomically(path.join(directory, "summary.json"), JSON.stringify(result, null, 2) + "\n")
     return { directory, summary: result } satisfies RunResult
-  })
-
-/** Held-out seeds of the experiment's environment, played by the same engine (and model), greedy by default. */
-const evaluate = (
-  experiment: ResolvedExperiment,
-  registry: EnvironmentRegistry,
-  file: string,
-  stop: Deferred.Deferred<void> | undefined
-) =>
-  Effect.gen(function*() {
-    const engine = yield* Engine
-    const settings = experiment.evaluation!
-    const { name } = experiment.environment!
-    const rows = registry.get(name).rows!({ seed: settings.seed, count: settings.episodes, config: experiment.environmentConfig[name] ?? {} })
-    mkdirSync(path.dirname(file), { recursive: true })
-    writeFileSync(file, "")
-    const writer = yield* JsonlWriter.open(file)
-    const sampling = settings.greedy ? new SamplingParams({ ...experiment.sampling, temperature: 0 }) : experiment.sampling
-    const monitor = new RunMonitor(`${experiment.name}/eval`, rows.length)
-    yield* engine.run(Stream.fromIterable(rows), { stop, sampling, samplesPerRow: 1, idPrefix: "eval-" }).pipe(
-      Stream.runForEach((trajectory) => writer.write(trajectory).pipe(Effect.andThen(Effect.sync(() => monitor.record(trajectory)))))
-    )
-    const played = monitor.snapshot()
-    return {
-      episodes: played.done,
-      seed: settings.seed,
-      greedy: settings.greedy,
-      mean_reward: played.meanReward,
-      success_rate: played.successRate
-    } satisfies EvaluationSummary
   })
 
 /**

@@ -24,7 +24,7 @@ export interface InferenceGauges {
 export interface RunSnapshot {
   readonly name: string
   /** "run" while the run's episodes play, "evaluation" while held-out seeds do. */
-  readonly phase: "run" | "evaluation"
+  readonly phase: "run" | "evaluation" | "warm start"
   readonly elapsedSeconds: number
   /** Finished episodes, and how many the run will have (undefined when not known up front). */
   readonly done: number
@@ -42,6 +42,8 @@ export interface RunSnapshot {
   readonly tokensPerSecond: number
   readonly etaSeconds: number | undefined
   readonly inference: InferenceGauges | undefined
+  /** The trainer's latest update, when the run trains. */
+  readonly training: TrainingPoint | undefined
 }
 
 /** One line of metrics.jsonl: the run so far, and the window of episodes since the previous point. */
@@ -57,6 +59,30 @@ export interface MetricsPoint {
   readonly running: Readonly<Record<string, number>>
   readonly batch_occupancy: number | null
   readonly queued: number | null
+  /** The trainer's latest update, when the run trains (loss, KL, update and sync times, ...). */
+  readonly train?: TrainingPoint
+}
+
+/** The trainer's numbers at a metrics point: its latest update's, with the sync that followed it. */
+export interface TrainingPoint {
+  readonly version: number
+  readonly updates: number
+  readonly policy_loss: number
+  readonly value_loss?: number
+  readonly entropy: number
+  readonly kl?: number
+  readonly approx_kl: number
+  readonly clip_fraction: number
+  readonly grad_norm: number
+  readonly learning_rate: number
+  readonly score_mean: number
+  readonly logprob_diff_max: number
+  readonly logprob_diff_mean: number
+  readonly update_seconds: number
+  readonly sync_seconds: number
+  readonly trainer_tokens_per_second: number
+  /** Trajectories left out for being more than maxPolicyLag versions old, so far. */
+  readonly stale_dropped: number
 }
 
 /** The leaf state of an episode machine's snapshot value, e.g. { running: "generating" } -> "generating". */
@@ -90,7 +116,8 @@ export class RunMonitor {
   #responseTokens = 0
   #window = { episodes: 0, reward: 0, successes: 0, generated: 0, startedSeconds: 0 }
   #inference: InferenceGauges | undefined
-  #phase: "run" | "evaluation" = "run"
+  #phase: "run" | "evaluation" | "warm start" = "run"
+  #training: TrainingPoint | undefined
 
   constructor(name: string, total: number | undefined, recentLimit = 50) {
     this.name = name
@@ -132,8 +159,17 @@ export class RunMonitor {
     for (const listener of this.#listeners) listener(trajectory)
   }
 
-  setPhase(phase: "run" | "evaluation"): void {
+  setPhase(phase: "run" | "evaluation" | "warm start"): void {
     this.#phase = phase
+  }
+
+  /** The trainer's latest update; the next metrics points carry it. */
+  setTraining(point: TrainingPoint): void {
+    this.#training = point
+  }
+
+  get training(): TrainingPoint | undefined {
+    return this.#training
   }
 
   setInference(gauges: InferenceGauges): void {
@@ -166,7 +202,8 @@ export class RunMonitor {
       generatedTokens: this.#generated,
       tokensPerSecond: elapsed > 0 ? this.#generated / elapsed : 0,
       etaSeconds: this.total !== undefined && rate > 0 ? Math.max(0, (this.total - this.#done) / rate) : undefined,
-      inference: this.#inference
+      inference: this.#inference,
+      training: this.#training
     }
   }
 
@@ -186,7 +223,8 @@ export class RunMonitor {
       window_tokens_per_second: round(windowSeconds > 0 ? window.generated / windowSeconds : 0),
       running: now.states,
       batch_occupancy: now.inference === undefined ? null : round(now.inference.batchOccupancy),
-      queued: now.inference?.queued ?? null
+      queued: now.inference?.queued ?? null,
+      ...(this.#training === undefined ? {} : { train: this.#training })
     }
     this.#window = { episodes: 0, reward: 0, successes: 0, generated: 0, startedSeconds: now.elapsedSeconds }
     this.#history.push(point)

@@ -177,6 +177,11 @@ export const service = (actor: InferenceActor): Inference["Service"] =>
         catch: (cause) => new InferenceError({ message: errorMessage(cause) })
       }),
     release: (episodeId) => Effect.sync(() => actor.forget(episodeId)),
+    updateWeights: (weights, version) =>
+      Effect.tryPromise({
+        try: () => actor.updateWeights(weights, version),
+        catch: (cause) => new InferenceError({ message: `weight sync to version ${version} failed: ${errorMessage(cause)}` })
+      }),
     gauges: () =>
       Effect.promise(() => actor.stats()).pipe(
         Effect.map((stats) => ({

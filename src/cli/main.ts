@@ -141,6 +141,7 @@ const run = Command.make(
     const { directory, summary } = yield* Run.run(experiment, overridden, {
       stop,
       inspect: watchers.inspect,
+      onLog: (line) => watchers.log(line),
       onStart: (directory, monitor) => {
         process.stdout.write(`episodic run ${experiment.name}: writing ${directory}\n`)
         watchers.start(monitor)
@@ -157,6 +158,12 @@ const run = Command.make(
           ? ""
           : `evaluation: ${summary.evaluation.episodes} held-out episodes${summary.evaluation.greedy ? ", greedy" : ""}: ` +
             `success ${summary.evaluation.success_rate.toFixed(3)}, mean reward ${summary.evaluation.mean_reward.toFixed(3)}\n`) +
+        (summary.training === undefined
+          ? ""
+          : `training: ${summary.training.updates} updates to version ${summary.training.version} on ${summary.training.backend}, ` +
+            `${summary.training.mean_update_seconds.toFixed(2)} s per update, ${(summary.training.mean_sync_seconds * 1000).toFixed(0)} ms per weight sync` +
+            (summary.warmstart_success === null || summary.warmstart_success === undefined ? "" : `; warm-start success ${summary.warmstart_success.toFixed(3)}`) +
+            `\n  checkpoint: ${summary.training.checkpoint}\n`) +
         `  ${directory}: trajectories.jsonl, metrics.jsonl, summary.json, config.json`
     )
     if (summary.interrupted && interrupts > 0) process.exitCode = 130

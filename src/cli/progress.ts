@@ -18,11 +18,16 @@ export const progressLine = (s: RunSnapshot): string => {
   if (s.inference !== undefined) {
     parts.push(`batch ${s.inference.running}/${s.inference.maxBatchSize} (mean ${s.inference.batchOccupancy.toFixed(1)}) queued ${s.inference.queued}`)
   }
+  if (s.training !== undefined) {
+    const t = s.training
+    parts.push(`update ${t.updates} (v${t.version}) loss ${t.policy_loss.toFixed(3)} ${t.update_seconds.toFixed(1)}s sync ${Math.round(t.sync_seconds * 1000)}ms`)
+  }
   parts.push(s.etaSeconds === undefined || s.phase === "evaluation" ? `${duration(s.elapsedSeconds)} elapsed` : `ETA ${duration(s.etaSeconds)}`)
-  return (s.phase === "evaluation" ? "evaluating on held-out seeds · " : "") + parts.join(" · ")
+  const phase = s.phase === "evaluation" ? "evaluating on held-out seeds · " : s.phase === "warm start" ? "warm start (demonstrations, SFT) · " : ""
+  return phase + parts.join(" · ")
 }
 
-export const startProgress = (monitor: RunMonitor, out: NodeJS.WriteStream = process.stdout): { stop(): void } => {
+export const startProgress = (monitor: RunMonitor, out: NodeJS.WriteStream = process.stdout): { stop(): void; log(line: string): void } => {
   const live = out.isTTY === true
   let last = ""
   const tick = () => {
@@ -34,6 +39,8 @@ export const startProgress = (monitor: RunMonitor, out: NodeJS.WriteStream = pro
   const timer = setInterval(tick, live ? 250 : 2000)
   timer.unref()
   return {
+    // A line of its own above the live one.
+    log: (line) => out.write(live ? `\r\x1b[2K${line}\n` : `${line}\n`),
     stop: () => {
       clearInterval(timer)
       if (live) out.write("\r\x1b[2K")

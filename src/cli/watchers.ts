@@ -26,6 +26,8 @@ export interface Watchers {
   /** For the run's episode actors; set when --inspect is on. */
   readonly inspect: ((event: InspectionEvent) => void) | undefined
   start(monitor: RunMonitor): void
+  /** A line for the person watching (before start, or without a progress line, straight to stdout). */
+  log(line: string): void
   stop(): Promise<void>
 }
 
@@ -36,10 +38,13 @@ export const make = (options: WatcherOptions): Effect.Effect<Watchers, Experimen
       const inspector = options.inspect === undefined ? undefined : await (await import("../inspect.ts")).connectInspector(options.inspect)
       if (inspector !== undefined) process.stdout.write(`episodic run: sending episode actors to the Stately inspector at ${inspector.url}\n`)
       const stops: Array<() => Promise<void> | void> = []
+      let log: (line: string) => void = (line) => void process.stdout.write(`${line}\n`)
       return {
+        log: (line) => log(line),
         inspect: inspector?.inspect,
         start: (monitor) => {
           const progress = startProgress(monitor)
+          log = progress.log
           stops.push(() => progress.stop())
           if (options.dashboard) {
             const started = (async () => {

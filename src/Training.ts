@@ -1,0 +1,265 @@
+/**
+ * The training loop of a run: trajectories stream from the engine to the trainer actor, which updates the
+ * policy and sends the new weights back to the inference actor, in memory, with a version.
+ *
+ *   [warm start: the scripted policy's demonstrations -> SFT -> sync -> held-out evaluation]
+ *   rows, `promptsPerUpdate` at a time -> engine (samplesPerRow episodes each) -> trajectories.jsonl
+ *     -> trainer.update -> inference.updateWeights(version) -> metrics.jsonl -> checkpoint every N updates
+ *
+ * On-policy by default: a batch is generated, then trained on. With `maxPolicyLag` > 0 the next batches
+ * are generated while the trainer works, with the weights of the moment; a trajectory whose oldest turn is
+ * more than `maxPolicyLag` versions behind the trainer is dropped (and counted), or trained on with the
+ * clipped importance ratio correcting for its age (`staleTrajectories: "correct"`).
+ */
+import { type Cause, Deferred, Effect, Layer, Queue, Stream } from "effect"
+import { mkdirSync, writeFileSync } from "node:fs"
+import * as path from "node:path"
+import * as Checkpoint from "../actors/trainer/checkpoint.ts"
+import { Trainer, type UpdateMetrics } from "../actors/trainer/Trainer.ts"
+import type { DatasetRow } from "./DatasetRow.ts"
+import type * as Dataset from "./Dataset.ts"
+import { Engine } from "./Engine.ts"
+import type { EnvironmentRegistry } from "./environments/registry.ts"
+import { errorMessage } from "./errorMessage.ts"
+import { evaluate } from "./Evaluation.ts"
+import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
+import { Inference } from "./Inference.ts"
+import * as JsonlWriter from "./JsonlWriter.ts"
+import type { RunMonitor, TrainingPoint } from "./RunMonitor.ts"
+import * as TextPolicy from "./TextPolicy.ts"
+import { Tokenizer } from "./Tokenizer.ts"
+import type { Trajectory } from "./Trajectory.ts"
+
+export interface TrainingSummary {
+  readonly backend: string
+  readonly updates: number
+  readonly version: number
+  readonly warmstart_success: number | null
+  readonly warmstart_seconds: number | null
+  readonly train_seconds: number
+  readonly stale_dropped: number
+  readonly mean_update_seconds: number
+  readonly mean_sync_seconds: number
+  readonly checkpoint: string
+}
+
+export interface TrainingInput {
+  readonly experiment: ResolvedExperiment
+  readonly config: ExperimentConfig
+  readonly registry: EnvironmentRegistry
+  readonly rows: Stream.Stream<DatasetRow, Dataset.DatasetError>
+  readonly monitor: RunMonitor
+  readonly directory: string
+  readonly stop: Deferred.Deferred<void> | undefined
+  /** Records a finished trajectory (file, monitor, listeners). */
+  readonly record: (trajectory: Trajectory) => Effect.Effect<void, unknown>
+  /** Writes a metrics point now. */
+  readonly writePoint: () => Effect.Effect<void, unknown>
+  readonly log: (line: string) => void
+}
+
+const fail = (message: string) => (cause: unknown) => new ExperimentError({ message: `${message}: ${errorMessage(cause)}` })
+
+/** The oldest policy version that generated any of the trajectory's turns. */
+const oldestVersion = (trajectory: Trajectory): number =>
+  Math.min(...trajectory.turns.flatMap((turn) => (turn.policyVersion === null ? [] : [turn.policyVersion])))
+
+export const train = (input: TrainingInput) =>
+  Effect.gen(function*() {
+    const { experiment, config, monitor, directory, log } = input
+    const settings = experiment.trainer!
+    const engine = yield* Engine
+    const inference = yield* Inference
+    if (inference.updateWeights === undefined) {
+      return yield* new ExperimentError({ message: "training needs the inference actor (a model), not a hand-written policy" })
+    }
+    const modelDirectory = path.resolve(experiment.model)
+    const checkpointDirectory = path.join(directory, "checkpoint")
+    const trainer = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: () =>
+          Trainer.create({
+            model: modelDirectory,
+            algorithm: { ...settings.algorithm, ...(config.trainer?.reward === undefined ? {} : { rewards: config.trainer.reward }) },
+            optimizer: {
+              ...settings.optimizer,
+              schedule: settings.optimizer.schedule.kind === "constant"
+                ? { kind: "constant", warmupSteps: settings.optimizer.schedule.warmupSteps }
+                : {
+                  kind: settings.optimizer.schedule.kind,
+                  warmupSteps: settings.optimizer.schedule.warmupSteps,
+                  totalSteps: settings.optimizer.schedule.totalSteps ?? 1,
+                  minRatio: settings.optimizer.schedule.minRatio
+                }
+            },
+            temperature: experiment.sampling.temperature,
+            microBatchTokens: settings.microBatchTokens,
+            backend: settings.backend,
+            seed: experiment.seed
+          }),
+        catch: fail("cannot start the trainer")
+      }),
+      (trainer) => Effect.sync(() => trainer.dispose())
+    )
+    log(`trainer: TensorFlow.js backend ${trainer.backend}, ${settings.algorithm.estimator}, ${experiment.samplesPerRow} samples x ${settings.promptsPerUpdate} prompts per update`)
+
+    const sync = Effect.fnUntraced(function*() {
+      const started = performance.now()
+      yield* inference.updateWeights!(trainer.policyWeights(), trainer.version)
+      return (performance.now() - started) / 1000
+    })
+
+    let updates = 0
+    let rowsConsumed = 0
+    let staleDropped = 0
+    let warmstartSuccess: number | null = null
+    let warmstartSeconds: number | null = null
+    let updateSeconds = 0
+    let syncSeconds = 0
+    const trainStarted = performance.now()
+
+    const resumed = settings.resume ? Checkpoint.load(checkpointDirectory) : undefined
+    if (resumed !== undefined) {
+      yield* Effect.try({ try: () => trainer.restore(resumed.weights, resumed.optimizer, resumed.state.version), catch: fail(`cannot resume from ${checkpointDirectory}`) })
+      updates = resumed.state.updates
+      rowsConsumed = resumed.state.rowsConsumed
+      staleDropped = resumed.state.staleDropped
+      warmstartSuccess = resumed.state.warmstartSuccess
+      yield* sync()
+      log(`trainer: resumed from ${checkpointDirectory} at version ${trainer.version}, update ${updates}, ${rowsConsumed} rows done`)
+    } else if (settings.warmStart !== undefined) {
+      // The warm start: the scripted policy plays demonstrations through the same engine (so they are in the
+      // model's own tokens and template), SFT on them, then the held-out evaluation of the result.
+      const warmStart = settings.warmStart
+      const started = performance.now()
+      monitor.setPhase("warm start")
+      const { name } = experiment.environment!
+      const demoRows = input.registry.get(name).rows!({ seed: experiment.seed + 2_000_003, count: warmStart.episodes, config: experiment.environmentConfig[name] ?? {} })
+      const demoFile = path.join(directory, "warmstart", "demonstrations.jsonl")
+      mkdirSync(path.dirname(demoFile), { recursive: true })
+      writeFileSync(demoFile, "")
+      const demoWriter = yield* JsonlWriter.open(demoFile)
+      const demoEngine = Engine.layer({ ...engine.options, inspect: undefined, samplesPerRow: 1 }).pipe(
+        Layer.provide(TextPolicy.layer(config.trainer!.warmStart!.policy!)),
+        Layer.provide(Tokenizer.layer(experiment.model))
+      )
+      const demonstrations = yield* Effect.gen(function*() {
+        const demo = yield* Engine
+        return yield* demo.run(Stream.fromIterable(demoRows), { idPrefix: "demo-" }).pipe(
+          Stream.tap((trajectory) => demoWriter.write(trajectory)),
+          Stream.runCollect
+        )
+      }).pipe(Effect.provide(demoEngine))
+      const sft = yield* Effect.try({
+        try: () => trainer.sft(demonstrations, { steps: warmStart.steps, batchSize: warmStart.batchSize, learningRate: warmStart.learningRate }),
+        catch: fail("warm start failed")
+      })
+      yield* sync()
+      warmstartSeconds = (performance.now() - started) / 1000
+      if (experiment.evaluation !== undefined) {
+        monitor.setPhase("evaluation")
+        const evaluation = yield* evaluate(experiment, input.registry, path.join(directory, "warmstart", "eval.jsonl"), input.stop, "warmstart-eval-")
+        warmstartSuccess = evaluation.success_rate
+      }
+      log(`warm start: ${warmStart.episodes} demonstrations, ${sft.steps} SFT steps (loss ${sft.loss.toFixed(3)}) in ${warmstartSeconds.toFixed(1)} s${warmstartSuccess === null ? "" : `; held-out greedy success ${warmstartSuccess.toFixed(3)}`}`)
+      monitor.setPhase("run")
+    }
+
+    const deadline = trainStarted + settings.maxMinutes * 60_000
+    const batches = yield* Queue.bounded<ReadonlyArray<Trajectory>, Cause.Done>(Math.max(1, settings.maxPolicyLag))
+
+    // Generation: batch after batch of rows, each batch's trajectories written as they finish. With
+    // maxPolicyLag 0 the producer waits for the trainer before each batch (strictly on-policy).
+    const trained = yield* Queue.bounded<void>(1)
+    const producer = input.rows.pipe(
+      Stream.drop(rowsConsumed),
+      Stream.grouped(settings.promptsPerUpdate),
+      Stream.zipWithIndex,
+      Stream.runForEach(([group, index]) =>
+        Effect.gen(function*() {
+          if (performance.now() > deadline) return yield* Effect.interrupt
+          const rows: ReadonlyArray<DatasetRow> = group
+          const batch = yield* engine.run(Stream.fromIterable(rows), { stop: input.stop, idPrefix: `u${updates + index}-` }).pipe(
+            Stream.tap((trajectory) => input.record(trajectory)),
+            Stream.runCollect
+          )
+          yield* Queue.offer(batches, batch)
+          if (settings.maxPolicyLag === 0) yield* Queue.take(trained)
+        })
+      ),
+      Effect.ensuring(Queue.end(batches)),
+      Effect.forkScoped
+    )
+    yield* producer
+
+    while (true) {
+      const next = yield* Queue.take(batches).pipe(Effect.option)
+      if (next._tag === "None") break
+      const stopped = input.stop !== undefined && Deferred.isDoneUnsafe(input.stop)
+      const batch = next.value
+      rowsConsumed += new Set(batch.map((t) => t.groupId)).size
+      if (stopped) break
+      const fresh = batch.filter((t) => settings.staleTrajectories === "correct" || trainer.version - oldestVersion(t) <= settings.maxPolicyLag)
+      staleDropped += batch.length - fresh.length
+      const metrics: UpdateMetrics = yield* Effect.try({ try: () => trainer.update(fresh), catch: fail(`update ${updates + 1} failed`) })
+      const syncTime = yield* sync()
+      updates += 1
+      updateSeconds += metrics.update_seconds
+      syncSeconds += syncTime
+      const point: TrainingPoint = {
+        version: trainer.version,
+        updates,
+        policy_loss: metrics.policy_loss,
+        ...(metrics.value_loss === undefined ? {} : { value_loss: metrics.value_loss }),
+        entropy: metrics.entropy,
+        ...(metrics.kl === undefined ? {} : { kl: metrics.kl }),
+        approx_kl: metrics.approx_kl,
+        clip_fraction: metrics.clip_fraction,
+        grad_norm: metrics.grad_norm,
+        learning_rate: metrics.learning_rate,
+        score_mean: metrics.score_mean,
+        logprob_diff_max: metrics.logprob_diff_max,
+        logprob_diff_mean: metrics.logprob_diff_mean,
+        update_seconds: metrics.update_seconds,
+        sync_seconds: syncTime,
+        trainer_tokens_per_second: metrics.tokens_per_second,
+        stale_dropped: staleDropped
+      }
+      monitor.setTraining(point)
+      yield* input.writePoint()
+      if (settings.checkpointEvery > 0 && updates % settings.checkpointEvery === 0) {
+        yield* saveCheckpoint()
+      }
+      if (settings.maxPolicyLag === 0) yield* Queue.offer(trained, undefined)
+    }
+
+    function saveCheckpoint() {
+      return Effect.try({
+        try: () =>
+          Checkpoint.save(checkpointDirectory, trainer, modelDirectory, {
+            version: trainer.version,
+            updates,
+            rowsConsumed,
+            optimizerStep: 0,
+            warmstartSuccess,
+            staleDropped,
+            elapsedSeconds: (performance.now() - trainStarted) / 1000
+          }),
+        catch: fail(`cannot write the checkpoint at ${checkpointDirectory}`)
+      })
+    }
+    yield* saveCheckpoint()
+    return {
+      backend: trainer.backend,
+      updates,
+      version: trainer.version,
+      warmstart_success: warmstartSuccess,
+      warmstart_seconds: warmstartSeconds,
+      train_seconds: (performance.now() - trainStarted) / 1000,
+      stale_dropped: staleDropped,
+      mean_update_seconds: updates > 0 ? updateSeconds / updates : 0,
+      mean_sync_seconds: updates > 0 ? syncSeconds / updates : 0,
+      checkpoint: checkpointDirectory
+    } satisfies TrainingSummary
+  })
+
