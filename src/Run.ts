@@ -192,11 +192,13 @@ const rollout = (
     mkdirSync(directory, { recursive: true })
     writeAtomically(path.join(directory, "config.json"), JSON.stringify(experiment, null, 2) + "\n")
     const trajectoriesFile = path.join(directory, "trajectories.jsonl")
-    // A run directory holds one run: start its trajectories and metrics afresh.
-    writeFileSync(trajectoriesFile, "")
+    // A run directory holds one run: start its trajectories and metrics afresh, unless a training run goes
+    // on from its checkpoint, when they continue.
+    const resuming = experiment.trainer?.resume === true && existsSync(path.join(directory, "checkpoint", "trainer_state.json"))
+    if (!resuming) writeFileSync(trajectoriesFile, "")
     const writer = yield* JsonlWriter.open(trajectoriesFile)
     const metricsFile = path.join(directory, "metrics.jsonl")
-    writeFileSync(metricsFile, "")
+    if (!resuming) writeFileSync(metricsFile, "")
     const metricsWriter = yield* JsonlWriter.openLines(metricsFile)
     monitor.begin()
     options.onStart?.(directory, monitor)

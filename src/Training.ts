@@ -61,8 +61,19 @@ export interface TrainingInput {
 const fail = (message: string) => (cause: unknown) => new ExperimentError({ message: `${message}: ${errorMessage(cause)}` })
 
 /** The oldest policy version that generated any of the trajectory's turns. */
-const oldestVersion = (trajectory: Trajectory): number =>
+export const oldestVersion = (trajectory: Trajectory): number =>
   Math.min(...trajectory.turns.flatMap((turn) => (turn.policyVersion === null ? [] : [turn.policyVersion])))
+
+/**
+ * The lag bound: trajectories whose oldest turn is at most `maxPolicyLag` versions behind the trainer's
+ * `version`, and the rest.
+ */
+export const splitByLag = (batch: ReadonlyArray<Trajectory>, version: number, maxPolicyLag: number) => {
+  const fresh: Array<Trajectory> = []
+  const stale: Array<Trajectory> = []
+  for (const trajectory of batch) (version - oldestVersion(trajectory) <= maxPolicyLag ? fresh : stale).push(trajectory)
+  return { fresh, stale }
+}
 
 export const train = (input: TrainingInput) =>
   Effect.gen(function*() {
@@ -171,6 +182,7 @@ export const train = (input: TrainingInput) =>
     // Generation: batch after batch of rows, each batch's trajectories written as they finish. With
     // maxPolicyLag 0 the producer waits for the trainer before each batch (strictly on-policy).
     const trained = yield* Queue.bounded<void>(1)
+    const firstBatch = updates
     const producer = input.rows.pipe(
       Stream.drop(rowsConsumed),
       Stream.grouped(settings.promptsPerUpdate),
@@ -179,7 +191,7 @@ export const train = (input: TrainingInput) =>
         Effect.gen(function*() {
           if (performance.now() > deadline) return yield* Effect.interrupt
           const rows: ReadonlyArray<DatasetRow> = group
-          const batch = yield* engine.run(Stream.fromIterable(rows), { stop: input.stop, idPrefix: `u${updates + index}-` }).pipe(
+          const batch = yield* engine.run(Stream.fromIterable(rows), { stop: input.stop, idPrefix: `u${firstBatch + index}-` }).pipe(
             Stream.tap((trajectory) => input.record(trajectory)),
             Stream.runCollect
           )
@@ -199,9 +211,10 @@ export const train = (input: TrainingInput) =>
       const batch = next.value
       rowsConsumed += new Set(batch.map((t) => t.groupId)).size
       if (stopped) break
-      const fresh = batch.filter((t) => settings.staleTrajectories === "correct" || trainer.version - oldestVersion(t) <= settings.maxPolicyLag)
-      staleDropped += batch.length - fresh.length
-      const metrics: UpdateMetrics = yield* Effect.try({ try: () => trainer.update(fresh), catch: fail(`update ${updates + 1} failed`) })
+      const { fresh, stale } = splitByLag(batch, trainer.version, settings.maxPolicyLag)
+      staleDropped += settings.staleTrajectories === "drop" ? stale.length : 0
+      const trainOn = settings.staleTrajectories === "drop" ? fresh : batch
+      const metrics: UpdateMetrics = yield* Effect.try({ try: () => trainer.update(trainOn), catch: fail(`update ${updates + 1} failed`) })
       const syncTime = yield* sync()
       updates += 1
       updateSeconds += metrics.update_seconds

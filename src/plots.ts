@@ -6,7 +6,7 @@
 import { renameSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
 import sharp from "sharp"
-import type { MetricsPoint } from "./RunMonitor.ts"
+import type { MetricsPoint, TrainingPoint } from "./RunMonitor.ts"
 
 export interface Series {
   readonly label: string
@@ -55,8 +55,61 @@ const plots: ReadonlyArray<Plot> = [
   }
 ]
 
-/** Writes reward.svg, success.svg and tokens-per-second.svg into `directory`; returns their paths. */
-export const writePlots = (directory: string, history: ReadonlyArray<MetricsPoint>): Array<string> =>
+/** A training run's curves, one point per update, against the updates done. */
+const trainingPlots: ReadonlyArray<{
+  readonly file: string
+  readonly title: string
+  readonly yLabel: string
+  readonly series: ReadonlyArray<{ readonly label: string; readonly color: string; readonly value: (t: TrainingPoint) => number | undefined }>
+}> = [
+  {
+    file: "loss",
+    title: "Trainer: loss and KL",
+    yLabel: "per token",
+    series: [
+      { label: "policy loss", color: "#2f6fdf", value: (t) => t.policy_loss },
+      { label: "approx KL to rollout", color: "#e0762b", value: (t) => t.approx_kl },
+      { label: "KL to reference", color: "#3a9d5d", value: (t) => t.kl },
+      { label: "value loss", color: "#8e44ad", value: (t) => t.value_loss }
+    ]
+  },
+  {
+    file: "trainer-times",
+    title: "Trainer: update and weight-sync time",
+    yLabel: "seconds",
+    series: [
+      { label: "update", color: "#2f6fdf", value: (t) => t.update_seconds },
+      { label: "weight sync", color: "#e0762b", value: (t) => t.sync_seconds }
+    ]
+  }
+]
+
+/**
+ * Writes reward.svg, success.svg and tokens-per-second.svg into `directory` (and loss.svg and
+ * trainer-times.svg when the run trained); returns their paths.
+ */
+export const writePlots = (directory: string, history: ReadonlyArray<MetricsPoint>): Array<string> => [
+  ...writeRunPlots(directory, history),
+  ...writeTrainingPlots(directory, history)
+]
+
+const writeTrainingPlots = (directory: string, history: ReadonlyArray<MetricsPoint>): Array<string> => {
+  // One point per update, even when several metrics points carry the same one.
+  const updates = new Map<number, TrainingPoint>()
+  for (const point of history) if (point.train !== undefined) updates.set(point.train.updates, point.train)
+  if (updates.size === 0) return []
+  const points = [...updates.values()]
+  return trainingPlots.map((plot) => {
+    const file = path.join(directory, `${plot.file}.svg`)
+    const series = plot.series
+      .map((s) => ({ label: s.label, color: s.color, points: points.flatMap((t) => { const y = s.value(t); return y === undefined ? [] : [[t.updates, y] as const] }) }))
+      .filter((s) => s.points.length > 0)
+    writeAtomically(file, lineChart({ title: plot.title, xLabel: "updates", yLabel: plot.yLabel, series }))
+    return file
+  })
+}
+
+const writeRunPlots = (directory: string, history: ReadonlyArray<MetricsPoint>): Array<string> =>
   plots.map((plot) => {
     const file = path.join(directory, `${plot.file}.svg`)
     const svg = lineChart({

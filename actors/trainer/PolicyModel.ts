@@ -68,6 +68,8 @@ export interface ScoreOutput {
   readonly values: tf.Tensor1D | undefined
 }
 
+let twins = 0
+
 export class PolicyModel {
   readonly config: LlamaConfig
   /** Trainable variables by Hugging Face name (linear ones stored [in, out]), plus `value_head.weight` for PPO. */
@@ -84,6 +86,9 @@ export class PolicyModel {
   static fromWeights(config: LlamaConfig, weights: Weights, options: { readonly valueHead?: boolean } = {}): PolicyModel {
     if (config.tieWordEmbeddings) throw new Error("PolicyModel: tied word embeddings are not supported (the tiny and small presets are untied)")
     const variables = new Map<string, tf.Variable>()
+    // tfjs variable names are unique per process, and a process may hold several twins (a reference policy,
+    // tests): each twin prefixes its own.
+    const prefix = `twin${++twins}/`
     for (const [name, shape] of weightShapes(config)) {
       const tensor = weights.get(name)
       if (tensor === undefined) throw new Error(`PolicyModel: weight ${name} is missing`)
@@ -91,14 +96,14 @@ export class PolicyModel {
       const value = tf.tensor(tensor.data, [...shape])
       // The embedding is a lookup table [vocab, hidden], used as it is; linear weights go to [in, out].
       const stored = isMatrix(shape) && name !== "model.embed_tokens.weight" ? tf.transpose(value) : value
-      variables.set(name, tf.variable(stored, true, name))
+      variables.set(name, tf.variable(stored, true, `${prefix}${name}`))
       if (stored !== value) value.dispose()
       stored.dispose()
     }
     if (options.valueHead === true) {
       const saved = weights.get("value_head.weight")
       const init = saved !== undefined ? tf.tensor(saved.data, [config.hiddenSize, 1]) : tf.zeros([config.hiddenSize, 1])
-      variables.set("value_head.weight", tf.variable(init, true, "value_head.weight"))
+      variables.set("value_head.weight", tf.variable(init, true, `${prefix}value_head.weight`))
       init.dispose()
     }
     return new PolicyModel(config, variables)
@@ -127,6 +132,16 @@ export class PolicyModel {
         variable.assign(hf ? tf.transpose(value) : value)
       })
     }
+  }
+
+  /** Gradients from `tf.variableGrads` (keyed by tfjs variable name) under the Hugging Face names. */
+  gradientsByName(grads: Readonly<Record<string, tf.Tensor>>): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>()
+    for (const [name, variable] of this.variables) {
+      const grad = grads[variable.name]
+      if (grad !== undefined) out.set(name, grad)
+    }
+    return out
   }
 
   get hasValueHead(): boolean {

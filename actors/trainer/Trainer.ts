@@ -408,9 +408,10 @@ export class Trainer {
         sums[key as keyof typeof sums] += tensor.dataSync()[0]!
         tensor.dispose()
       }
-      if (grads === undefined) grads = new Map(Object.entries(result.grads))
+      const named = this.model.gradientsByName(result.grads)
+      if (grads === undefined) grads = named
       else {
-        for (const [name, g] of Object.entries(result.grads)) {
+        for (const [name, g] of named) {
           const previous = grads.get(name)!
           grads.set(name, tf.add(previous, g))
           previous.dispose()
@@ -457,9 +458,10 @@ export class Trainer {
         )
         stepLoss += value.dataSync()[0]!
         value.dispose()
-        if (grads === undefined) grads = new Map(Object.entries(g))
+        const named = this.model.gradientsByName(g)
+        if (grads === undefined) grads = named
         else {
-          for (const [name, t] of Object.entries(g)) {
+          for (const [name, t] of named) {
             const previous = grads.get(name)!
             grads.set(name, tf.add(previous, t))
             previous.dispose()
