@@ -17,7 +17,12 @@ import { RunMonitor } from "../src/RunMonitor.ts"
 import * as TextPolicy from "../src/TextPolicy.ts"
 import { type ChatTokenizer, load, Tokenizer } from "../src/Tokenizer.ts"
 import type { Trajectory } from "../src/Trajectory.ts"
-import { limits, sampling, tokenizerDirs } from "./support.ts"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as path from "node:path"
+import { defineExperiment } from "../src/Experiment.ts"
+import { runExperiment } from "../src/runExperiment.ts"
+import { limits, sampling, tinyModel, tokenizerDirs } from "./support.ts"
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -193,6 +198,51 @@ describe("dashboard", () => {
     } finally {
       await page.close()
       await dashboard.close()
+    }
+  })
+
+  it("shows a training run's trainer line and its loss and update/sync-time curves", async () => {
+    const model = await tinyModel(0)
+    const out = mkdtempSync(path.join(tmpdir(), "episodic-dashboard-train-"))
+    let dashboard: Awaited<ReturnType<typeof startDashboard>> | undefined
+    const started = new Promise<void>((resolve) => {
+      void runExperiment(defineExperiment({
+        name: "dashboard-train",
+        model,
+        environment: { name: "grid-quest", episodes: 4 },
+        samplesPerRow: 4,
+        concurrency: 16,
+        limits: { maxTurns: 4, maxNewTokens: 4 },
+        trainer: { promptsPerUpdate: 2, backend: "wasm" },
+        out
+      }), {
+        onStart: (_, monitor) => {
+          void startDashboard({ monitor, tokenizer }).then((d) => {
+            dashboard = d
+            resolve()
+          })
+        }
+      }).result.then(() => runEnded())
+    })
+    let runEnded: () => void = () => undefined
+    const finished = new Promise<void>((resolve) => (runEnded = resolve))
+    await started
+    const page = await browser.newPage()
+    page.setDefaultTimeout(30_000)
+    try {
+      await page.goto(dashboard!.url)
+      await finished
+      await page.waitForFunction(() => document.querySelector('[data-testid="training-text"]')?.textContent?.startsWith("update 2 (policy v2)"))
+      for (const [chart, series] of [["loss-chart", "policy loss"], ["trainer-times-chart", "sync"]] as const) {
+        await page.waitForFunction(
+          ([id, name]) => Number(document.querySelector(`[data-testid="${id}"] [data-series="${name}"]`)?.getAttribute("data-points") ?? 0) >= 1,
+          [chart, series] as const
+        )
+        expect(await page.getByTestId(chart).isVisible()).toBe(true)
+      }
+    } finally {
+      await page.close()
+      await dashboard?.close()
     }
   })
 
