@@ -14,7 +14,7 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import type { LlamaConfig } from "../../src/model/config.ts"
-import { weightShapes } from "../../src/model/onnxExport.ts"
+import { ropeTables, weightShapes } from "../../src/model/onnxExport.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 
 /** y = x·W for x [n, in], W [in, out], with both gradients as untransposed products. */
@@ -46,8 +46,12 @@ const takeRows = (table: tf.Tensor2D, indices: tf.Tensor1D): tf.Tensor2D => {
   return op(table)
 }
 
-/** The variable names and [in, out] (or 1-D) shapes of the twin; HF's [out, in] linear weights are transposed. */
-const isMatrix = (shape: ReadonlyArray<number>) => shape.length === 2
+/**
+ * Whether the twin keeps a weight transposed from Hugging Face's layout: linear weights are [out, in] there
+ * and [in, out] here; the embedding (a lookup table) and the value head (ours) are kept as they are.
+ */
+const transposed = (name: string, shape: ReadonlyArray<number>) =>
+  shape.length === 2 && name !== "model.embed_tokens.weight" && name !== "value_head.weight"
 
 /**
  * A batch to score: each sequence is prompt + response ids, right-padded to one length. `scored` lists, per
@@ -79,7 +83,7 @@ export class PolicyModel {
   private constructor(config: LlamaConfig, variables: Map<string, tf.Variable>) {
     this.config = config
     this.variables = variables
-    this.#rope = tf.tidy(() => ropeTables(config))
+    this.#rope = tf.tidy(() => ropeTensors(config))
   }
 
   /** Builds the twin from a model's weights (as `model.safetensors` holds them); `valueHead` adds PPO's critic. */
@@ -94,8 +98,7 @@ export class PolicyModel {
       if (tensor === undefined) throw new Error(`PolicyModel: weight ${name} is missing`)
       if (tensor.shape.join() !== shape.join()) throw new Error(`PolicyModel: ${name} has shape [${tensor.shape}], expected [${shape}]`)
       const value = tf.tensor(tensor.data, [...shape])
-      // The embedding is a lookup table [vocab, hidden], used as it is; linear weights go to [in, out].
-      const stored = isMatrix(shape) && name !== "model.embed_tokens.weight" ? tf.transpose(value) : value
+      const stored = transposed(name, shape) ? tf.transpose(value) : value
       variables.set(name, tf.variable(stored, true, `${prefix}${name}`))
       if (stored !== value) value.dispose()
       stored.dispose()
@@ -113,8 +116,7 @@ export class PolicyModel {
   weights(): Map<string, { readonly shape: ReadonlyArray<number>; readonly data: Float32Array }> {
     const out = new Map<string, { readonly shape: ReadonlyArray<number>; readonly data: Float32Array }>()
     for (const [name, variable] of this.variables) {
-      const hf = isMatrix(variable.shape) && name !== "model.embed_tokens.weight" && name !== "value_head.weight"
-      const tensor = hf ? tf.transpose(variable) : variable
+      const tensor = transposed(name, variable.shape) ? tf.transpose(variable) : variable
       out.set(name, { shape: tensor.shape, data: tensor.dataSync() as Float32Array })
       if (tensor !== variable) tensor.dispose()
     }
@@ -128,8 +130,7 @@ export class PolicyModel {
       if (tensor === undefined) continue
       tf.tidy(() => {
         const value = tf.tensor(tensor.data, [...tensor.shape])
-        const hf = isMatrix(variable.shape) && name !== "model.embed_tokens.weight" && name !== "value_head.weight"
-        variable.assign(hf ? tf.transpose(value) : value)
+        variable.assign(transposed(name, variable.shape) ? tf.transpose(value) : value)
       })
     }
   }
@@ -157,7 +158,7 @@ export class PolicyModel {
    * sampler did, so the logprobs are of the distribution the tokens were drawn from.
    */
   score(batch: ScoreBatch, temperature = 1): ScoreOutput {
-    const { hiddenSize: h, numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers, rmsNormEps } = this.config
+    const { numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers, rmsNormEps } = this.config
     const b = batch.sequences.length
     const s = Math.max(...batch.sequences.map((seq) => seq.length))
     if (s > this.config.maxPositions) throw new Error(`PolicyModel: a sequence of ${s} tokens exceeds max_position_embeddings ${this.config.maxPositions}`)
@@ -216,7 +217,6 @@ export class PolicyModel {
     const picked = tf.sum(tf.mul(logSoftmax, tf.oneHot(tf.tensor1d(targets, "int32"), this.config.vocabSize)), -1)
     const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logSoftmax), logSoftmax), -1))
     const values = this.hasValueHead ? linear(hidden, this.#v("value_head.weight")).reshape([rows.length]) : undefined
-    void h
     return { logprobs: picked as tf.Tensor1D, entropy: entropy as tf.Tensor1D, values: values as tf.Tensor1D | undefined }
   }
 
@@ -227,17 +227,8 @@ export class PolicyModel {
   }
 }
 
-/** cos and sin of position * theta^(-2i/d), each half repeated: the exporter's tables. */
-const ropeTables = (config: LlamaConfig): { cos: tf.Tensor2D; sin: tf.Tensor2D } => {
-  const { headDim: d, maxPositions: n, ropeTheta } = config
-  const cos = new Float32Array(n * d)
-  const sin = new Float32Array(n * d)
-  for (let p = 0; p < n; p++) {
-    for (let i = 0; i < d / 2; i++) {
-      const angle = p * Math.pow(ropeTheta, (-2 * i) / d)
-      cos[p * d + i] = cos[p * d + i + d / 2] = Math.cos(angle)
-      sin[p * d + i] = sin[p * d + i + d / 2] = Math.sin(angle)
-    }
-  }
-  return { cos: tf.keep(tf.tensor2d(cos, [n, d])), sin: tf.keep(tf.tensor2d(sin, [n, d])) }
+/** The exporter's rotary tables, as tensors kept across tidy scopes. */
+const ropeTensors = (config: LlamaConfig): { cos: tf.Tensor2D; sin: tf.Tensor2D } => {
+  const { cos, sin } = ropeTables(config)
+  return { cos: tf.keep(tf.tensor2d(cos, [config.maxPositions, config.headDim])), sin: tf.keep(tf.tensor2d(sin, [config.maxPositions, config.headDim])) }
 }

@@ -18,6 +18,7 @@
 import * as tf from "@tensorflow/tfjs"
 import { readConfig, type LlamaConfig } from "../../src/model/config.ts"
 import * as Safetensors from "../../src/model/safetensors.ts"
+import { mulberry32 } from "../../src/Seed.ts"
 import type { Trajectory } from "../../src/Trajectory.ts"
 import { gae, groupAdvantages, tokenRewards, whiten, type RewardPlacement } from "./advantages.ts"
 import { selectBackend, type TrainerBackend } from "./backend.ts"
@@ -125,11 +126,16 @@ const sampleOf = (t: Trajectory, index: number): Sample => {
   return { index, sequence: [...t.promptIds, ...t.responseIds], scored, oldLogprobs, advantages: new Float64Array(scored.length) }
 }
 
-const mulberry = (seed: number) => () => {
-  seed = (seed + 0x6d2b79f5) | 0
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-  return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+/** Adds a micro-batch's gradients to the sum so far (freeing both addends). */
+const accumulate = (sum: Map<string, tf.Tensor> | undefined, grads: Map<string, tf.Tensor>): Map<string, tf.Tensor> => {
+  if (sum === undefined) return grads
+  for (const [name, grad] of grads) {
+    const previous = sum.get(name)!
+    sum.set(name, tf.add(previous, grad))
+    previous.dispose()
+    grad.dispose()
+  }
+  return sum
 }
 
 export class Trainer {
@@ -180,7 +186,7 @@ export class Trainer {
     this.config = config
     this.model = model
     this.#reference = reference
-    this.#random = mulberry(options.seed ?? 0)
+    this.#random = mulberry32(options.seed ?? 0)
     const { schedule, ...optimizer } = options.optimizer ?? {}
     this.optimizer = new AdamW(model.variables, { learningRate: 1e-3, weightDecay: 0, ...optimizer }, schedule)
   }
@@ -408,16 +414,7 @@ export class Trainer {
         sums[key as keyof typeof sums] += tensor.dataSync()[0]!
         tensor.dispose()
       }
-      const named = this.model.gradientsByName(result.grads)
-      if (grads === undefined) grads = named
-      else {
-        for (const [name, g] of named) {
-          const previous = grads.get(name)!
-          grads.set(name, tf.add(previous, g))
-          previous.dispose()
-          g.dispose()
-        }
-      }
+      grads = accumulate(grads, this.model.gradientsByName(result.grads))
     }
     const stepped = this.optimizer.step(grads!)
     for (const g of grads!.values()) g.dispose()
@@ -458,16 +455,7 @@ export class Trainer {
         )
         stepLoss += value.dataSync()[0]!
         value.dispose()
-        const named = this.model.gradientsByName(g)
-        if (grads === undefined) grads = named
-        else {
-          for (const [name, t] of named) {
-            const previous = grads.get(name)!
-            grads.set(name, tf.add(previous, t))
-            previous.dispose()
-            t.dispose()
-          }
-        }
+        grads = accumulate(grads, this.model.gradientsByName(g))
       }
       optimizer.step(grads!)
       for (const g of grads!.values()) g.dispose()

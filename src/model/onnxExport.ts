@@ -69,7 +69,7 @@ const transpose2d = (data: Float32Array, rows: number, cols: number): Float32Arr
 }
 
 /** The rotary tables indexed by position: cos and sin of position * theta^(-2i/d), each half repeated (HF's rotate_half layout). */
-const ropeTables = (config: LlamaConfig): { cos: Float32Array; sin: Float32Array } => {
+export const ropeTables = (config: LlamaConfig): { cos: Float32Array; sin: Float32Array } => {
   const { headDim: d, maxPositions: n, ropeTheta } = config
   const cos = new Float32Array(n * d)
   const sin = new Float32Array(n * d)
