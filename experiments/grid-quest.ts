@@ -1,5 +1,5 @@
 /**
- * The default experiment: `npx episodic run` trains the project's own tiny model to play grid-quest.
+ * The default experiment: `npx episodic run` trains the project's own micro model (made on first use) to play grid-quest.
  *
  * 1. Warm start: the scripted solver plays 128 demonstration episodes through the engine (in the model's own
  *    tokens and chat template), and 40 SFT steps on them teach the command format and some of the task.
