@@ -78,6 +78,7 @@ export interface TrainingPoint {
   readonly score_mean: number
   readonly logprob_diff_max: number
   readonly logprob_diff_mean: number
+  readonly logprob_diff_at?: string
   readonly update_seconds: number
   readonly sync_seconds: number
   readonly trainer_tokens_per_second: number

@@ -233,6 +233,7 @@ export const train = (input: TrainingInput) =>
         score_mean: metrics.score_mean,
         logprob_diff_max: metrics.logprob_diff_max,
         logprob_diff_mean: metrics.logprob_diff_mean,
+        ...(metrics.logprob_diff_at === undefined ? {} : { logprob_diff_at: metrics.logprob_diff_at }),
         update_seconds: metrics.update_seconds,
         sync_seconds: syncTime,
         trainer_tokens_per_second: metrics.tokens_per_second,

@@ -88,6 +88,8 @@ export interface UpdateMetrics {
   /** |trainer logprob - rollout logprob| over the generated tokens, before the step (verl's rollout_probs_diff). */
   readonly logprob_diff_max: number
   readonly logprob_diff_mean: number
+  /** Where the largest difference was: the trajectory's id and the token's position in prompt + response. */
+  readonly logprob_diff_at?: string
   readonly update_seconds: number
   readonly tokens_per_second: number
 }
@@ -298,7 +300,8 @@ export class Trainer {
     const samples = trajectories.flatMap((t, i) => (usable(t) ? [sampleOf(t, i)] : []))
     const scores = samples.map((s) => this.#reward(trajectories[s.index]!))
     const tokens = samples.reduce((n, s) => n + s.scored.length, 0)
-    const totals = { policy: 0, value: 0, entropy: 0, kl: 0, clip: 0, approxKl: 0, gradNorm: 0, lr: 0, steps: 0, diffMax: 0, diffSum: 0, diffCount: 0 }
+    const totals = { policy: 0, value: 0, entropy: 0, kl: 0, clip: 0, approxKl: 0, gradNorm: 0, lr: 0, steps: 0, diffMax: 0, diffSum: 0, diffCount: 0,
+      diffAt: undefined as { index: number; position: number } | undefined }
     if (samples.length > 0) {
       this.#prepare(trajectories, samples, scores)
       for (let epoch = 0; epoch < a.epochs; epoch++) {
@@ -344,6 +347,9 @@ export class Trainer {
       grad_norm: totals.gradNorm / per,
       learning_rate: totals.lr,
       logprob_diff_max: totals.diffMax,
+      ...(totals.diffAt === undefined ? {} : {
+        logprob_diff_at: `${trajectories[totals.diffAt.index]!.id} position ${totals.diffAt.position}`
+      }),
       logprob_diff_mean: totals.diffCount > 0 ? totals.diffSum / totals.diffCount : 0,
       update_seconds: seconds,
       tokens_per_second: seconds > 0 ? (tokens * a.epochs) / seconds : 0
@@ -354,7 +360,10 @@ export class Trainer {
    * One optimizer step over a minibatch, its gradient summed over micro-batches. `diff` (first step of an
    * update only, when the weights are still the rollout's) collects the trainer/rollout logprob mismatch.
    */
-  #step(minibatch: ReadonlyArray<Sample>, diff: { diffMax: number; diffSum: number; diffCount: number } | undefined) {
+  #step(
+    minibatch: ReadonlyArray<Sample>,
+    diff: { diffMax: number; diffSum: number; diffCount: number; diffAt: { index: number; position: number } | undefined } | undefined
+  ) {
     const a = this.#algorithm
     const weights = aggregationWeights(minibatch.map((s) => s.scored.length), a.aggregation)
     const weightOf = new Map(minibatch.map((s, i) => [s, weights[i]!]))
@@ -401,9 +410,12 @@ export class Trainer {
         const now = result.logprobs.dataSync()
         let at = 0
         for (const s of micro) {
-          for (const old of s.oldLogprobs) {
+          for (const [k, old] of s.oldLogprobs.entries()) {
             const d = Math.abs(now[at++]! - old)
-            diff.diffMax = Math.max(diff.diffMax, d)
+            if (d > diff.diffMax) {
+              diff.diffMax = d
+              diff.diffAt = { index: s.index, position: s.scored[k]! }
+            }
             diff.diffSum += d
             diff.diffCount += 1
           }
