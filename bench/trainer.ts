@@ -46,7 +46,7 @@ const measure = async (preset: "micro" | "tiny") => {
   trainer.sft(demos, { steps: 40 })
   // The warm-started model's weights, as the default experiment's first batch sees them.
   const warm = path.join(path.dirname(model), "warm")
-  Checkpoint.save(warm, trainer, model, { version: 1, updates: 0, rowsConsumed: 0, optimizerStep: 0, warmstartSuccess: null, staleDropped: 0, elapsedSeconds: 0 })
+  Checkpoint.save(warm, trainer, model, { version: 1, updates: 0, rowsConsumed: 0, warmstartSuccess: null, staleDropped: 0, elapsedSeconds: 0 })
   const batch = await play({ model: warm, samplesPerRow: 8, sampling: { temperature: 1 } })
   const tokens = batch.reduce((n, t) => n + t.promptIds.length + t.responseIds.length, 0)
   const generated = batch.reduce((n, t) => n + t.responseMask.filter((m) => m === 1).length, 0)

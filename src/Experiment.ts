@@ -216,6 +216,12 @@ const defaults = {
   }
 } as const
 
+/** The warm start's settings with defaults; its policy (a function) is carried beside the resolved experiment. */
+const warmStartNumbers = ({ policy: _policy, ...numbers }: NonNullable<NonNullable<ExperimentConfig["trainer"]>["warmStart"]>) => ({
+  ...defaults.trainer.warmStart,
+  ...numbers
+})
+
 /** The trainer's settings, every default filled in; the warm start only when the experiment asks for one. */
 const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
   if (input === undefined) return undefined
@@ -226,7 +232,7 @@ const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
     ...rest,
     algorithm: { ...d.algorithm, ...algorithm, rewards: { ...d.algorithm.rewards, ...algorithm?.rewards } },
     optimizer: { ...d.optimizer, ...optimizer, schedule: { ...d.optimizer.schedule, ...optimizer?.schedule } },
-    warmStart: warmStart === undefined ? undefined : (({ policy: _policy, ...numbers }) => ({ ...d.warmStart, ...numbers }))(warmStart as Record<string, unknown> & { policy?: unknown })
+    warmStart: warmStart === undefined ? undefined : warmStartNumbers(warmStart)
   }
 }
 

@@ -13,6 +13,7 @@ import { EnvironmentRegistry } from "./environments/registry.ts"
 import { errorMessage } from "./errorMessage.ts"
 import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
 import { InferenceActor } from "../actors/inference/index.ts"
+import * as Checkpoint from "../actors/trainer/checkpoint.ts"
 import type { InferenceError } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import { initModel } from "./model/init.ts"
@@ -194,7 +195,7 @@ const rollout = (
     const trajectoriesFile = path.join(directory, "trajectories.jsonl")
     // A run directory holds one run: start its trajectories and metrics afresh, unless a training run goes
     // on from its checkpoint, when they continue.
-    const resuming = experiment.trainer?.resume === true && existsSync(path.join(directory, "checkpoint", "trainer_state.json"))
+    const resuming = experiment.trainer?.resume === true && Checkpoint.exists(Checkpoint.directoryOf(directory))
     if (!resuming) writeFileSync(trajectoriesFile, "")
     const writer = yield* JsonlWriter.open(trajectoriesFile)
     const metricsFile = path.join(directory, "metrics.jsonl")

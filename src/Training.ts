@@ -15,6 +15,7 @@ import { type Cause, Deferred, Effect, Layer, Queue, Stream } from "effect"
 import { mkdirSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
 import * as Checkpoint from "../actors/trainer/checkpoint.ts"
+import type { LearningRateSchedule } from "../actors/trainer/optimizer.ts"
 import { Trainer, type UpdateMetrics } from "../actors/trainer/Trainer.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
 import type * as Dataset from "./Dataset.ts"
@@ -85,7 +86,7 @@ export const train = (input: TrainingInput) =>
       return yield* new ExperimentError({ message: "training needs the inference actor (a model), not a hand-written policy" })
     }
     const modelDirectory = path.resolve(experiment.model)
-    const checkpointDirectory = path.join(directory, "checkpoint")
+    const checkpointDirectory = Checkpoint.directoryOf(directory)
     const trainer = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () =>
@@ -94,14 +95,8 @@ export const train = (input: TrainingInput) =>
             algorithm: { ...settings.algorithm, ...(config.trainer?.reward === undefined ? {} : { rewards: config.trainer.reward }) },
             optimizer: {
               ...settings.optimizer,
-              schedule: settings.optimizer.schedule.kind === "constant"
-                ? { kind: "constant", warmupSteps: settings.optimizer.schedule.warmupSteps }
-                : {
-                  kind: settings.optimizer.schedule.kind,
-                  warmupSteps: settings.optimizer.schedule.warmupSteps,
-                  totalSteps: settings.optimizer.schedule.totalSteps ?? 1,
-                  minRatio: settings.optimizer.schedule.minRatio
-                }
+              // A decaying schedule without totalSteps is refused by the optimizer, naming the field.
+              schedule: settings.optimizer.schedule as LearningRateSchedule
             },
             temperature: experiment.sampling.temperature,
             microBatchTokens: settings.microBatchTokens,
@@ -254,7 +249,6 @@ export const train = (input: TrainingInput) =>
             version: trainer.version,
             updates,
             rowsConsumed,
-            optimizerStep: 0,
             warmstartSuccess,
             staleDropped,
             elapsedSeconds: (performance.now() - trainStarted) / 1000

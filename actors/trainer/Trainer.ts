@@ -22,7 +22,7 @@ import { mulberry32 } from "../../src/Seed.ts"
 import type { Trajectory } from "../../src/Trajectory.ts"
 import { gae, groupAdvantages, tokenRewards, whiten, type RewardPlacement } from "./advantages.ts"
 import { selectBackend, type TrainerBackend } from "./backend.ts"
-import { aggregationWeights, clippedSurrogate, clippedValueError, klPenalty, type KlEstimator, type LossAggregation } from "./losses.ts"
+import { aggregationWeights, clippedSurrogate, clippedTokens, clippedValueError, k2, klPenalty, type KlEstimator, type LossAggregation } from "./losses.ts"
 import { AdamW, type AdamWConfig, type AdamWState, type LearningRateSchedule } from "./optimizer.ts"
 import { PolicyModel, type ScoreBatch } from "./PolicyModel.ts"
 import { rewardManager, type RewardConfig, type RewardFunction } from "./rewards.ts"
@@ -244,6 +244,7 @@ export class Trainer {
   /** Logprobs (and values) of the samples' generated tokens, without gradients. */
   #evaluate(model: PolicyModel, samples: ReadonlyArray<Sample>): Array<{ logprobs: Float32Array; values: Float32Array | undefined }> {
     const out = new Array<{ logprobs: Float32Array; values: Float32Array | undefined }>(samples.length)
+    const position = new Map(samples.map((sample, i) => [sample, i]))
     for (const micro of this.#microBatches(samples)) {
       const { logprobs, values } = tf.tidy(() => {
         const scored = model.score(this.#batch(micro), this.#temperature)
@@ -252,7 +253,7 @@ export class Trainer {
       let at = 0
       for (const sample of micro) {
         const n = sample.scored.length
-        out[samples.indexOf(sample)] = { logprobs: logprobs.subarray(at, at + n), values: values?.subarray(at, at + n) }
+        out[position.get(sample)!] = { logprobs: logprobs.subarray(at, at + n), values: values?.subarray(at, at + n) }
         at += n
       }
     }
@@ -384,12 +385,11 @@ export class Trainer {
           logprobs = tf.keep(out.logprobs)
           const surrogate = clippedSurrogate(out.logprobs, oldLogprobs, advantages, a.clipLow, a.clipHigh)
           let perToken = tf.sub(surrogate, tf.mul(a.entropyCoef, out.entropy))
-          const ratio = tf.exp(tf.sub(out.logprobs, oldLogprobs))
           metrics = {
             policy: tf.keep(tf.sum(tf.mul(surrogate, tokenWeights))),
             entropy: tf.keep(mean(out.entropy)),
-            clip: tf.keep(mean(tf.cast(tf.logicalOr(tf.greater(ratio, 1 + a.clipHigh), tf.less(ratio, 1 - a.clipLow)), "float32"))),
-            approxKl: tf.keep(mean(tf.mul(0.5, tf.square(tf.sub(out.logprobs, oldLogprobs)))))
+            clip: tf.keep(mean(clippedTokens(out.logprobs, oldLogprobs, advantages, a.clipLow, a.clipHigh))),
+            approxKl: tf.keep(mean(k2(out.logprobs, oldLogprobs)))
           }
           if (this.#reference !== undefined) {
             const kl = klPenalty(out.logprobs, flat((s) => s.refLogprobs!), a.klEstimator)

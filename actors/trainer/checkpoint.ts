@@ -28,7 +28,14 @@ export interface TrainerState {
 
 const modelFiles = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
 
-export const save = (directory: string, trainer: Trainer, sourceModel: string, state: TrainerState): void => {
+/** Where a run keeps its checkpoint. */
+export const directoryOf = (runDirectory: string): string => path.join(runDirectory, "checkpoint")
+
+/** Whether `directory` holds a checkpoint written by `save`. */
+export const exists = (directory: string): boolean => existsSync(path.join(directory, "trainer_state.json"))
+
+/** Writes the checkpoint; the optimizer's step count is taken from the trainer. */
+export const save = (directory: string, trainer: Trainer, sourceModel: string, state: Omit<TrainerState, "optimizerStep">): void => {
   const partial = `${directory}.partial`
   rmSync(partial, { recursive: true, force: true })
   mkdirSync(partial, { recursive: true })
@@ -65,8 +72,8 @@ export interface Checkpoint {
 
 /** Reads a checkpoint written by `save`; undefined when there is none. */
 export const load = (directory: string): Checkpoint | undefined => {
+  if (!exists(directory)) return undefined
   const stateFile = path.join(directory, "trainer_state.json")
-  if (!existsSync(stateFile)) return undefined
   const state = JSON.parse(readFileSync(stateFile, "utf8")) as TrainerState
   const weights = Safetensors.read(path.join(directory, "model.safetensors"))
   const valueHeadFile = path.join(directory, "value_head.safetensors")

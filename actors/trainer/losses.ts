@@ -69,6 +69,24 @@ export const clippedSurrogate = (
     return tf.maximum(tf.neg(tf.mul(advantages, ratio)), tf.neg(tf.mul(advantages, tf.clipByValue(ratio, 1 - clipLow, 1 + clipHigh))))
   })
 
+/** 1 where the clipped term of the surrogate wins (the token's gradient is 0), else 0; any shape. */
+export const clippedTokens = (
+  logprobs: tf.Tensor,
+  oldLogprobs: tf.Tensor,
+  advantages: tf.Tensor,
+  clipLow: number,
+  clipHigh: number
+): tf.Tensor =>
+  tf.tidy(() => {
+    const ratio = tf.exp(tf.sub(logprobs, oldLogprobs))
+    const unclipped = tf.neg(tf.mul(advantages, ratio))
+    const clipped = tf.neg(tf.mul(advantages, tf.clipByValue(ratio, 1 - clipLow, 1 + clipHigh)))
+    return tf.cast(tf.greater(clipped, unclipped), "float32")
+  })
+
+/** ½(log π_θ − log π_old)² per token: the k2 estimate of KL(π_old ‖ π_θ). */
+export const k2 = (logprobs: tf.Tensor, oldLogprobs: tf.Tensor): tf.Tensor => tf.tidy(() => tf.mul(0.5, tf.square(tf.sub(logprobs, oldLogprobs))))
+
 /** The clipped value error per token, any shape: ½·max((v − R)², (clip(v, old − c, old + c) − R)²). */
 export const clippedValueError = (values: tf.Tensor, oldValues: tf.Tensor, returns: tf.Tensor, clip: number): tf.Tensor =>
   tf.tidy(() => {
@@ -136,14 +154,10 @@ export const policyLoss = (input: PolicyLossInput): PolicyLoss => {
   checkSameShape("advantages", advantages, logprobs, "logprobs")
   checkSameShape("mask", mask, logprobs, "logprobs")
   return tf.tidy(() => {
-    const logRatio = tf.sub(logprobs, oldLogprobs)
-    const ratio = tf.exp(logRatio)
-    const unclipped = tf.neg(tf.mul(advantages, ratio))
-    const clipped = tf.neg(tf.mul(advantages, tf.clipByValue(ratio, 1 - clipLow, 1 + clipHigh)))
     return {
       loss: aggregate(clippedSurrogate(logprobs, oldLogprobs, advantages, clipLow, clipHigh), mask, aggregation),
-      clipFraction: maskedMean(tf.cast(tf.greater(clipped, unclipped), "float32"), mask),
-      approxKl: maskedMean(tf.mul(0.5, tf.square(logRatio)), mask)
+      clipFraction: maskedMean(clippedTokens(logprobs, oldLogprobs, advantages, clipLow, clipHigh), mask),
+      approxKl: maskedMean(k2(logprobs, oldLogprobs), mask)
     }
   })
 }
