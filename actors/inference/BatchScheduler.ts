@@ -11,6 +11,16 @@
  * a common column, with free columns after it; each step writes one new column. A prefill batch pads each
  * row's cached part and new part separately, so real positions may have a gap in the middle; the attention
  * mask says which positions are real and position ids are passed explicitly.
+ *
+ * Every request settles. Each accepted request is a ticket in one set until it resolves or fails; when
+ * anything in the loop throws (a forward pass, a copy, a bug), every ticket fails with that error, the batch
+ * and caches are dropped, and the next requests are served from a clean state. A watchdog fails a ticket
+ * that has made no progress for `stallTimeoutMs` instead of letting it wait for a far-away timeout.
+ *
+ * Policy versions: weights swap only between two steps. Each sampled token records the version whose
+ * weights computed its logits, and every key and value a query reads comes from those same weights: a swap
+ * recomputes the running rows' keys and values and empties the episode caches. So each recorded logprob is
+ * what a cache-free forward pass of the sequence under that token's version gives.
  */
 import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
 import { KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
@@ -34,7 +44,10 @@ export interface SchedulerResult {
   readonly tokenIds: Array<number>
   readonly logprobs: Array<number>
   readonly finishReason: "eos" | "stop" | "length" | "aborted"
+  /** The version of the turn's first token (the oldest: versions only grow within a turn). */
   readonly policyVersion: number
+  /** The version whose weights computed each token's logits. */
+  readonly policyVersions: Array<number>
 }
 
 export interface SchedulerOptions {
@@ -46,8 +59,12 @@ export interface SchedulerOptions {
   readonly cacheBudgetBytes: number
   /** Longest sequence the model takes (its position table). */
   readonly maxPositions: number
+  /** A request that makes no progress for this long fails (default 60 s). */
+  readonly stallTimeoutMs?: number
   /** Turns token ids into text, for stop strings. */
   readonly decode?: (ids: ReadonlyArray<number>) => string
+  /** Sees every row of logits a request's token is chosen from (tests and debugging). */
+  readonly onLogits?: (episodeId: string, logits: Float32Array) => void
 }
 
 export interface SchedulerStats {
@@ -67,20 +84,34 @@ export interface SchedulerStats {
   /** Time copying keys and values between episode caches and the batch. */
   copyMs: number
   evictions: number
+  /** Running rows' tokens run again because new weights arrived mid-turn. */
+  recomputedTokens: number
+  /** Requests failed by the watchdog, and loop failures (each fails every request held at the time). */
+  stalled: number
+  failures: number
 }
 
 class SchedulerError extends Error {
   override readonly name = "InferenceError"
 }
 
-interface Waiting {
+/** One accepted request, from `generate` until it settles. */
+interface Ticket {
   readonly request: SchedulerRequest
   readonly resolve: (result: SchedulerResult) => void
   readonly reject: (error: Error) => void
+  settled: boolean
+  /** The episode asked to stop: the row ends "aborted" at its next token. */
+  cancelled: boolean
+  /** The episode ended while this request ran: its keys and values must not be cached. */
+  forgotten: boolean
+  /** When the request last got a token (or, while queued, when the scheduler last completed a step). */
+  progressAt: number
+  state: "queued" | "admitted" | "running"
 }
 
 interface Row {
-  readonly waiting: Waiting
+  readonly ticket: Ticket
   readonly sampler: Sampler
   /** Tokens whose keys and values the actor holds for this row. */
   readonly fed: Array<number>
@@ -88,7 +119,7 @@ interface Row {
   next: number
   readonly tokenIds: Array<number>
   readonly logprobs: Array<number>
-  readonly policyVersion: number
+  readonly versions: Array<number>
   /** Where `fed`'s keys and values are while the row waits for a slot; undefined once it sits in the batch. */
   pending: Prefilled | undefined
 }
@@ -104,6 +135,12 @@ interface Prefilled {
   readonly fresh: number
 }
 
+/** One row of a prefill batch: keys and values it already has, and the tokens to run. */
+interface PrefillItem {
+  readonly cached: CachedSequence | undefined
+  readonly fresh: ReadonlyArray<number>
+}
+
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
   prefix.length <= of.length && prefix.every((token, i) => of[i] === token)
 
@@ -113,14 +150,17 @@ const HEADROOM = 32
 export class BatchScheduler {
   readonly #model: OnnxCausalLM
   readonly #options: SchedulerOptions
+  readonly #stallTimeoutMs: number
   readonly #cache: KvCacheStore
-  readonly #waiting: Array<Waiting> = []
+  /** Every request accepted and not yet settled, wherever it is. */
+  readonly #tickets = new Set<Ticket>()
+  readonly #waiting: Array<Ticket> = []
   /**
    * The decode batch's slots. A running row keeps its slot until its turn ends; a free slot (undefined)
    * waits for the next joiner. Keys and values live in actor-owned buffers of per layer
    * [slots, kvHeads, capacity, headDim]: every row is left-padded to end at column `#length`, and each
-   * decode step writes the new position's key and value at that column. So a step copies one column, and
-   * rows joining or leaving copy only themselves.
+   * decode step writes the new position's key and value at that column, so `#length < #capacity` holds
+   * before every step. A step copies one column, and rows joining or leaving copy only themselves.
    */
   #slots: Array<Row | undefined> = []
   #keys: Array<Float32Array> = []
@@ -130,20 +170,21 @@ export class BatchScheduler {
   /** Decode steps since requests were last admitted. */
   #stepsSinceAdmission = 0
   #loop: Promise<void> | undefined
+  #watchdog: ReturnType<typeof setInterval> | undefined
   /** Tokens each episode's earlier turns put into its context (for counting new tokens). */
   readonly #seen = new Map<string, number>()
-  readonly #cancelled = new Set<string>()
   #closed = false
   #version = 0
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
     requests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
-    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0
+    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0, recomputedTokens: 0, stalled: 0, failures: 0
   }
 
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {
     this.#model = model
     this.#options = options
+    this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
     this.#cache = new KvCacheStore(options.cacheBudgetBytes)
   }
 
@@ -155,12 +196,24 @@ export class BatchScheduler {
     return this.#waiting.length
   }
 
+  /** Requests accepted and not yet settled. */
+  get inFlight(): number {
+    return this.#tickets.size
+  }
+
+  get version(): number {
+    return this.#version
+  }
+
   generate(request: SchedulerRequest): Promise<SchedulerResult> {
     if (this.#closed) return Promise.reject(new SchedulerError("the inference actor is closed"))
     const problem = this.#validate(request)
     if (problem !== undefined) return Promise.reject(new SchedulerError(`episode ${request.episodeId}: ${problem}`))
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ request, resolve, reject })
+      const ticket: Ticket = { request, resolve, reject, settled: false, cancelled: false, forgotten: false, progressAt: performance.now(), state: "queued" }
+      this.#tickets.add(ticket)
+      this.#waiting.push(ticket)
+      this.#watch()
       this.#start()
     })
   }
@@ -178,23 +231,31 @@ export class BatchScheduler {
   async close(): Promise<void> {
     this.#closed = true
     await this.#loop
+    this.#failAll(new SchedulerError("the inference actor closed"))
+    this.#staged?.fail(new SchedulerError("the inference actor closed"))
+    this.#staged = undefined
   }
 
   /** Ends the episode's request in flight with finish reason "aborted" (its episode was interrupted or timed out). */
   cancel(episodeId: string): void {
-    const queued = this.#waiting.findIndex((w) => w.request.episodeId === episodeId)
-    if (queued >= 0) {
-      const [waiting] = this.#waiting.splice(queued, 1)
-      waiting!.resolve({ tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version })
-      return
+    for (const ticket of this.#tickets) {
+      if (ticket.request.episodeId !== episodeId) continue
+      const queued = this.#waiting.indexOf(ticket)
+      if (queued >= 0) {
+        this.#waiting.splice(queued, 1)
+        this.#settle(ticket, { tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version, policyVersions: [] })
+      } else {
+        // Admitted or running: the row ends at its next token, wherever it is then.
+        ticket.cancelled = true
+      }
     }
-    if (this.#live().some((row) => row.waiting.request.episodeId === episodeId)) this.#cancelled.add(episodeId)
   }
 
-  /** Drops an episode's cached keys and values (the episode ended). */
+  /** Drops an episode's cached keys and values (the episode ended), and any its running request would leave. */
   forget(episodeId: string): void {
     this.#cache.delete(episodeId)
     this.#seen.delete(episodeId)
+    for (const ticket of this.#tickets) if (ticket.request.episodeId === episodeId) ticket.forgotten = true
   }
 
   #validate(request: SchedulerRequest): string | undefined {
@@ -209,20 +270,63 @@ export class BatchScheduler {
     return undefined
   }
 
+  #settle(ticket: Ticket, outcome: SchedulerResult | Error): void {
+    if (ticket.settled) return
+    ticket.settled = true
+    this.#tickets.delete(ticket)
+    if (outcome instanceof Error) ticket.reject(outcome)
+    else ticket.resolve(outcome)
+    if (this.#tickets.size === 0) this.#unwatch()
+  }
+
+  /** Fails every request held (queued, admitted or running) and drops all state built from the model. */
+  #failAll(error: Error): void {
+    this.#waiting.splice(0)
+    for (const ticket of [...this.#tickets]) this.#settle(ticket, error)
+    this.#clearBatch()
+    this.#cache.clear()
+  }
+
   #start(): void {
     this.#loop ??= this.#run()
       .catch((cause) => {
-        // A bug here must fail the requests loudly, never leave them waiting forever.
-        const error = new SchedulerError(`inference scheduler failed: ${errorText(cause)}`)
-        for (const row of this.#live()) row.waiting.reject(error)
-        for (const waiting of this.#waiting.splice(0)) waiting.reject(error)
-        this.#clearBatch()
+        // Whatever failed, no request it held may be left waiting: fail them all and start clean.
+        if (!this.#closed) this.stats.failures += 1
+        this.#failAll(new SchedulerError(this.#closed ? "the inference actor closed" : `inference failed: ${errorText(cause)}`))
       })
       .finally(() => {
         this.#loop = undefined
         // Requests that arrived while the loop was winding down.
-        if (this.#waiting.length > 0 || this.#staged !== undefined) this.#start()
+        if (!this.#closed && (this.#waiting.length > 0 || this.#staged !== undefined)) this.#start()
       })
+  }
+
+  #watch(): void {
+    if (this.#watchdog !== undefined) return
+    this.#watchdog = setInterval(() => this.#checkStalls(), Math.max(10, Math.min(1_000, this.#stallTimeoutMs / 4)))
+    this.#watchdog.unref?.()
+  }
+
+  #unwatch(): void {
+    if (this.#watchdog !== undefined) clearInterval(this.#watchdog)
+    this.#watchdog = undefined
+  }
+
+  #checkStalls(): void {
+    const now = performance.now()
+    for (const ticket of [...this.#tickets]) {
+      const idle = now - ticket.progressAt
+      if (idle <= this.#stallTimeoutMs) continue
+      this.stats.stalled += 1
+      const queued = this.#waiting.indexOf(ticket)
+      if (queued >= 0) this.#waiting.splice(queued, 1)
+      // A row in the batch leaves at its next token without caching anything.
+      ticket.cancelled = true
+      this.#settle(ticket, new SchedulerError(
+        `episode ${ticket.request.episodeId}: no progress for ${Math.round(idle)} ms while ${ticket.state} ` +
+          `(${this.#live().length} running, ${this.#waiting.length} queued${this.#loop === undefined ? ", no step running" : ""})`
+      ))
+    }
   }
 
   async #run(): Promise<void> {
@@ -231,7 +335,7 @@ export class BatchScheduler {
       if (this.#staged !== undefined) await this.#swapWeights()
       if (this.#shouldAdmit()) {
         this.#stepsSinceAdmission = 0
-        this.#place(await this.#prefill())
+        this.#place(await this.#admit())
       }
       this.#compact()
       if (this.#live().length > 0) await this.#decode()
@@ -262,16 +366,61 @@ export class BatchScheduler {
     this.#capacity = 0
   }
 
+  /** The scheduler is alive: requests still queued count that as progress. */
+  #stepDone(): void {
+    const now = performance.now()
+    for (const ticket of this.#waiting) ticket.progressAt = now
+  }
+
+  /**
+   * New weights between two steps. Keys and values computed by the old weights are useless to the new
+   * ones: running rows run their tokens again under the new weights (their next token, already sampled
+   * under the old ones, keeps its version), and the episode caches are emptied.
+   */
   async #swapWeights(): Promise<void> {
     const staged = this.#staged!
     this.#staged = undefined
     try {
       await this.#model.reload(staged.bytes)
-      this.#version = staged.version
-      staged.done()
     } catch (cause) {
-      staged.fail(new SchedulerError(`weights version ${staged.version} could not be loaded: ${String(cause)}`))
+      staged.fail(new SchedulerError(`weights version ${staged.version} could not be loaded: ${errorText(cause)}`))
+      return
     }
+    this.#version = staged.version
+    this.#cache.clear()
+    staged.done()
+    const rows = this.#live()
+    if (rows.length === 0) return this.#clearBatch()
+    for (const group of this.#prefillGroups(rows.map((row) => row.fed.length))) {
+      const members = group.map((i) => rows[i]!)
+      const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed })))
+      members.forEach((row, b) => {
+        row.pending = { cached: undefined, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: row.fed.length }
+        this.stats.recomputedTokens += row.fed.length
+      })
+    }
+    this.#slots = []
+    this.#rebuild(rows)
+    this.#stepDone()
+  }
+
+  /** Splits rows (by their token counts) into prefill batches of at most maxPrefillTokens padded tokens. */
+  #prefillGroups(lengths: ReadonlyArray<number>): Array<Array<number>> {
+    const groups: Array<Array<number>> = []
+    let current: Array<number> = []
+    let longest = 0
+    lengths.forEach((length, i) => {
+      const wider = Math.max(longest, length)
+      if (current.length > 0 && wider * (current.length + 1) > this.#options.maxPrefillTokens) {
+        groups.push(current)
+        current = []
+        longest = 0
+      }
+      current.push(i)
+      longest = Math.max(longest, length)
+    })
+    if (current.length > 0) groups.push(current)
+    return groups
   }
 
   async #forward(kind: "prefill" | "decode", inputs: ForwardInputs): Promise<ForwardOutputs> {
@@ -281,41 +430,24 @@ export class BatchScheduler {
     return out
   }
 
-  /** Admits waiting requests with one batched prefill; returns the rows that joined (some may already be finished). */
-  async #prefill(): Promise<Array<Row>> {
-    const { numLayers, kvHeads, headDim, vocabSize } = this.#model.shape
-    const room = this.#options.maxBatchSize - this.#live().length
-    const admitted: Array<{ waiting: Waiting; cached: CachedSequence | undefined; fresh: ReadonlyArray<number> }> = []
-    let longestNew = 0
-    while (admitted.length < room && this.#waiting.length > 0) {
-      const waiting = this.#waiting[0]!
-      const context = waiting.request.contextIds
-      let cached = this.#cache.take(waiting.request.episodeId)
-      // The cache serves only when it is a strict prefix: at least one token must run to give logits.
-      if (cached !== undefined && !(cached.tokens.length < context.length && isPrefix(cached.tokens, context))) cached = undefined
-      const fresh = context.slice(cached?.tokens.length ?? 0)
-      const longest = Math.max(longestNew, fresh.length)
-      if (admitted.length > 0 && longest * (admitted.length + 1) > this.#options.maxPrefillTokens) {
-        if (cached !== undefined) this.#cache.put(waiting.request.episodeId, cached)
-        break
-      }
-      this.#waiting.shift()
-      longestNew = longest
-      admitted.push({ waiting, cached, fresh })
-    }
-
-    // Each row: its cached part left-padded to the longest cache, then its new part left-padded to the
-    // longest new part. Real positions may have a gap between the two; the mask and position ids say which.
-    const batch = admitted.length
-    const pastLength = Math.max(0, ...admitted.map((a) => a.cached?.tokens.length ?? 0))
-    const total = pastLength + longestNew
+  /**
+   * One batched prefill. Each row: its cached part left-padded to the longest cache, then its new part
+   * left-padded to the longest new part. Real positions may have a gap between the two; the mask and
+   * position ids say which.
+   */
+  async #prefillForward(items: ReadonlyArray<PrefillItem>): Promise<{ out: ForwardOutputs; newLength: number }> {
+    const { numLayers, kvHeads, headDim } = this.#model.shape
+    const batch = items.length
+    const newLength = Math.max(...items.map((item) => item.fresh.length))
+    const pastLength = Math.max(0, ...items.map((item) => item.cached?.tokens.length ?? 0))
+    const total = pastLength + newLength
     const copyStarted = performance.now()
     const pastKeys = Array.from({ length: numLayers }, () => new Float32Array(batch * kvHeads * pastLength * headDim))
     const pastValues = Array.from({ length: numLayers }, () => new Float32Array(batch * kvHeads * pastLength * headDim))
-    const inputIds = new BigInt64Array(batch * longestNew)
-    const positionIds = new BigInt64Array(batch * longestNew)
+    const inputIds = new BigInt64Array(batch * newLength)
+    const positionIds = new BigInt64Array(batch * newLength)
     const attentionMask = new BigInt64Array(batch * total)
-    admitted.forEach(({ cached, fresh }, b) => {
+    items.forEach(({ cached, fresh }, b) => {
       const past = cached?.tokens.length ?? 0
       if (cached !== undefined) {
         for (let layer = 0; layer < numLayers; layer++) {
@@ -329,39 +461,62 @@ export class BatchScheduler {
       attentionMask.fill(1n, b * total + pastLength - past, b * total + pastLength)
       attentionMask.fill(1n, b * total + total - fresh.length, (b + 1) * total)
       fresh.forEach((token, i) => {
-        const at = b * longestNew + longestNew - fresh.length + i
+        const at = b * newLength + newLength - fresh.length + i
         inputIds[at] = BigInt(token)
         positionIds[at] = BigInt(past + i)
       })
     })
     this.stats.copyMs += performance.now() - copyStarted
-
-    let out: ForwardOutputs
-    try {
-      out = await this.#forward("prefill", { batch, sequenceLength: longestNew, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues })
-    } catch (cause) {
-      // A failed forward pass fails the requests in it, never the scheduler.
-      for (const { waiting } of admitted) waiting.reject(new SchedulerError(`inference failed: ${errorText(cause)}`))
-      return []
-    }
+    const out = await this.#forward("prefill", { batch, sequenceLength: newLength, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues })
     this.stats.prefillSteps += 1
-    return admitted.map(({ waiting, cached, fresh }, b) => {
-      const request = waiting.request
-      const past = cached?.tokens.length ?? 0
+    return { out, newLength }
+  }
+
+  /** Admits waiting requests with one batched prefill; returns the rows that joined (some may already be finished). */
+  async #admit(): Promise<Array<Row>> {
+    const { vocabSize } = this.#model.shape
+    const room = this.#options.maxBatchSize - this.#live().length
+    const admitted: Array<{ ticket: Ticket } & PrefillItem> = []
+    let longestNew = 0
+    while (admitted.length < room && this.#waiting.length > 0) {
+      const ticket = this.#waiting[0]!
+      const context = ticket.request.contextIds
+      let cached = this.#cache.take(ticket.request.episodeId)
+      // The cache serves only when it is a strict prefix (at least one token must run to give logits) and
+      // was computed by the weights now loaded.
+      if (cached !== undefined && !(cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context))) {
+        cached = undefined
+      }
+      const fresh = context.slice(cached?.tokens.length ?? 0)
+      const longest = Math.max(longestNew, fresh.length)
+      if (admitted.length > 0 && longest * (admitted.length + 1) > this.#options.maxPrefillTokens) {
+        if (cached !== undefined) this.#cache.put(ticket.request.episodeId, cached)
+        break
+      }
+      this.#waiting.shift()
+      ticket.state = "admitted"
+      longestNew = longest
+      admitted.push({ ticket, cached, fresh })
+    }
+    const { out, newLength } = await this.#prefillForward(admitted)
+    this.#stepDone()
+    return admitted.map(({ ticket, cached, fresh }, b) => {
+      const request = ticket.request
       this.stats.requests += 1
       this.stats.prefillTokens += fresh.length
       this.stats.newTokens += request.contextIds.length - (this.#seen.get(request.episodeId) ?? 0)
       const row: Row = {
-        waiting,
+        ticket,
         sampler: makeSampler(request, request.seed),
         fed: [...request.contextIds],
         next: -1,
         tokenIds: [],
         logprobs: [],
-        policyVersion: this.#version,
-        pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength: longestNew, fresh: fresh.length }
+        versions: [],
+        pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: fresh.length }
       }
-      const last = (b * longestNew + longestNew - 1) * vocabSize
+      ticket.state = "running"
+      const last = (b * newLength + newLength - 1) * vocabSize
       this.#accept(row, out.logits.subarray(last, last + vocabSize))
       return row
     })
@@ -374,6 +529,8 @@ export class BatchScheduler {
     const batch = slots.length
     const capacity = this.#capacity
     const column = this.#length
+    // The layout keeps a free column for this step; writing past it would corrupt the next head's keys.
+    if (column >= capacity) throw new SchedulerError(`the decode batch is full (column ${column} of ${capacity}): a layout bug`)
     const inputIds = BigInt64Array.from(slots, (row) => BigInt(row?.next ?? 0))
     const positionIds = BigInt64Array.from(slots, (row) => BigInt(row?.fed.length ?? 0))
     // The new token comes after all `capacity` columns; each row sees its own columns and the new token.
@@ -383,17 +540,10 @@ export class BatchScheduler {
       attentionMask.fill(1n, b * (capacity + 1) + column - row.fed.length, b * (capacity + 1) + column)
       attentionMask[b * (capacity + 1) + capacity] = 1n
     })
-    let out: ForwardOutputs
-    try {
-      out = await this.#forward("decode", {
-        batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
-        pastKeys: this.#keys, pastValues: this.#values
-      })
-    } catch (cause) {
-      for (const row of this.#live()) row.waiting.reject(new SchedulerError(`inference failed: ${errorText(cause)}`))
-      this.#clearBatch()
-      return
-    }
+    const out = await this.#forward("decode", {
+      batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
+      pastKeys: this.#keys, pastValues: this.#values
+    })
     this.stats.decodeSteps += 1
     this.#stepsSinceAdmission += 1
     // Every running row's new key and value go into the batch at column `column`.
@@ -421,8 +571,11 @@ export class BatchScheduler {
       row.fed.push(row.next)
       if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), b)) slots[b] = undefined
     })
-    // Out of room: lay the batch out again with fresh headroom.
-    if (this.#length === this.#capacity && this.#live().length > 0) this.#rebuild([])
+    this.#stepDone()
+    // Nothing left to decode: the buffer is stale, and the next joiners get a fresh one. Out of room: lay
+    // the batch out again with fresh headroom.
+    if (this.#live().length === 0) this.#clearBatch()
+    else if (this.#length >= this.#capacity) this.#rebuild([])
   }
 
   /**
@@ -430,30 +583,38 @@ export class BatchScheduler {
    * turn, caches the row's keys and values under its episode, resolves the request and returns true.
    */
   #accept(row: Row, logits: Float32Array, slot?: number): boolean {
-    const request = row.waiting.request
+    const ticket = row.ticket
+    const request = ticket.request
+    this.#options.onLogits?.(request.episodeId, logits)
     const replayed = request.replay?.[row.tokenIds.length]
     const sample = replayed === undefined ? row.sampler(logits) : { token: replayed, logprob: logProbability(logits, replayed) }
     row.tokenIds.push(sample.token)
     row.logprobs.push(sample.logprob)
+    row.versions.push(this.#version)
     row.next = sample.token
+    ticket.progressAt = performance.now()
     this.stats.generatedTokens += 1
     const finishReason = this.#finishReason(row, sample.token)
     if (finishReason === undefined) return false
-    const copyStarted = performance.now()
-    this.#cache.put(request.episodeId, slot === undefined ? this.#compactPending(row) : this.#extract(row, slot))
-    this.stats.evictions = this.#cache.evictions
-    this.stats.copyMs += performance.now() - copyStarted
-    // The last sampled token was never run through the model: it is new to the next turn.
-    this.#seen.set(request.episodeId, request.contextIds.length + row.tokenIds.length - 1)
-    row.waiting.resolve({ tokenIds: row.tokenIds, logprobs: row.logprobs, finishReason, policyVersion: row.policyVersion })
+    // An aborted or forgotten episode has no next turn: caching its keys would only leak them.
+    if (finishReason !== "aborted" && !ticket.forgotten) {
+      const copyStarted = performance.now()
+      this.#cache.put(request.episodeId, slot === undefined ? this.#compactPending(row) : this.#extract(row, slot))
+      this.stats.evictions = this.#cache.evictions
+      this.stats.copyMs += performance.now() - copyStarted
+      // The last sampled token was never run through the model: it is new to the next turn.
+      this.#seen.set(request.episodeId, request.contextIds.length + row.tokenIds.length - 1)
+    }
+    this.#settle(ticket, { tokenIds: row.tokenIds, logprobs: row.logprobs, finishReason, policyVersion: row.versions[0]!, policyVersions: row.versions })
     row.next = -1
     row.pending = undefined
     return true
   }
 
   #finishReason(row: Row, token: number): SchedulerResult["finishReason"] | undefined {
-    const request = row.waiting.request
-    if (this.#cancelled.delete(request.episodeId)) return "aborted"
+    const request = row.ticket.request
+    // Settled already: the watchdog failed it; the row just leaves.
+    if (row.ticket.cancelled || row.ticket.settled) return "aborted"
     if (request.replay !== undefined) return row.tokenIds.length >= request.replay.length ? "length" : undefined
     if (request.stopTokenIds.includes(token)) return "eos"
     if (request.stop.length > 0 && this.#options.decode !== undefined && hasStop(this.#options.decode(row.tokenIds), request.stop)) return "stop"
@@ -474,7 +635,7 @@ export class BatchScheduler {
         }
         return out
       })
-    return { tokens: row.fed, keys: copy(this.#keys), values: copy(this.#values) }
+    return { tokens: row.fed, version: this.#version, keys: copy(this.#keys), values: copy(this.#values) }
   }
 
   /** Puts rows that joined (and have not already finished) into free slots, copying only their keys and values. */
@@ -483,8 +644,9 @@ export class BatchScheduler {
     if (rows.length === 0) return
     const free = this.#slots.flatMap((row, b) => (row === undefined ? [b] : []))
     const longest = Math.max(...rows.map((row) => row.fed.length))
-    if (free.length < rows.length || longest > this.#length) {
-      // No room, or a joiner longer than the batch: lay the batch out afresh with everyone in it.
+    // A fresh layout when no row runs (the buffer is stale), when there is no free slot, when a joiner is
+    // longer than the batch, or when the batch has no free column left for the next step.
+    if (this.#live().length === 0 || free.length < rows.length || longest > this.#length || this.#length >= this.#capacity) {
       this.#rebuild(rows)
       return
     }
@@ -515,7 +677,7 @@ export class BatchScheduler {
     for (let layer = 0; layer < numLayers; layer++) {
       for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * n)
     }
-    return { tokens: row.fed, keys, values }
+    return { tokens: row.fed, version: this.#version, keys, values }
   }
 
   /** Copies one head of one layer of a prefilled row (cached part, then new part) to position `to` (in head_dim units). */
@@ -553,7 +715,9 @@ export class BatchScheduler {
     // Room for those still waiting, so that they can join without another rebuild.
     const width = Math.max(count, Math.min(this.#options.maxBatchSize, count + this.#waiting.length))
     const length = Math.max(...staying.map((row) => row.fed.length), ...joining.map((row) => row.fed.length))
+    // A row ends before its context reaches maxPositions, so there is always a column for the next step.
     const capacity = Math.min(length + HEADROOM, this.#options.maxPositions)
+    if (capacity <= length) throw new SchedulerError(`no room to decode: rows of ${length} tokens in a model of ${this.#options.maxPositions} positions`)
     const keys = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
     const values = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
     const oldSlots = this.#slots

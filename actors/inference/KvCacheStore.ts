@@ -1,11 +1,15 @@
 /**
  * Episodes' KV caches kept between turns, so that turn k prefills only its new tokens. Each entry holds the
- * tokens whose keys and values it stores, per layer as [kv_heads, length, head_dim]. Under a byte budget
- * the least recently used entries go first; an evicted episode is simply prefilled from scratch next time.
+ * tokens whose keys and values it stores, per layer as [kv_heads, length, head_dim], and the policy version
+ * of the weights that computed them: keys from other weights are worthless to a query, so the scheduler
+ * empties the store when weights change. Under a byte budget the least recently used entries go first; an
+ * evicted episode is simply prefilled from scratch next time.
  */
 export interface CachedSequence {
   /** The tokens whose keys and values are stored, in order. */
   readonly tokens: ReadonlyArray<number>
+  /** The policy version whose weights computed these keys and values. */
+  readonly version: number
   /** Per layer: keys then values, each [kv_heads, tokens.length, head_dim]. */
   readonly keys: ReadonlyArray<Float32Array>
   readonly values: ReadonlyArray<Float32Array>
@@ -43,6 +47,16 @@ export class KvCacheStore {
       this.#bytes -= bytesOf(oldest)
       this.evictions += 1
     }
+  }
+
+  /** Drops every entry (the weights that computed them are gone). */
+  clear(): void {
+    this.#entries.clear()
+    this.#bytes = 0
+  }
+
+  get size(): number {
+    return this.#entries.size
   }
 
   delete(episodeId: string): void {
