@@ -1,10 +1,11 @@
 /**
  * The dashboard end to end: a real run of grid-quest episodes (the Engine, episode machines, the scripted
  * solver through real Qwen3 tokenization, an environment paced so the run lasts a few seconds) feeds a
- * RunMonitor; the dashboard serves it over loopback HTTP; Debian's Chromium, driven by playwright-core,
+ * RunMonitor; the dashboard serves it over loopback HTTP; Chromium from npm (@sparticuz/chromium), driven by playwright-core,
  * loads the page and watches it update while the run goes, then opens a trajectory.
  */
 import { Effect, Layer, Stream } from "effect"
+import sparticuz from "@sparticuz/chromium"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { startDashboard } from "../src/dashboard/index.ts"
@@ -103,7 +104,10 @@ describe("dashboard", () => {
   let tokenizer: ChatTokenizer
 
   beforeAll(async () => {
-    browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] })
+    // Chromium from npm: @sparticuz/chromium unpacks the browser it ships (to the temp directory) on first use.
+    // Its serverless --single-process would end the browser with the first test's page.
+    const args = sparticuz.args.filter((arg) => arg !== "--single-process")
+    browser = await chromium.launch({ executablePath: await sparticuz.executablePath(), args })
     tokenizer = await load(tokenizerDirs.qwen3)
   })
   afterAll(async () => {

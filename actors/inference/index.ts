@@ -89,7 +89,8 @@ const inThread = async (settings: ActorSettings): Promise<Transport> => {
 
 const inWorker = (settings: ActorSettings): Promise<Transport> =>
   new Promise((resolve, reject) => {
-    const worker = new Worker(new URL("./worker.ts", import.meta.url), { workerData: settings })
+    // A checkout runs worker.ts; the installed package its compiled worker.js (scripts/build.ts).
+    const worker = new Worker(new URL(import.meta.url.endsWith(".ts") ? "./worker.ts" : "./worker.js", import.meta.url), { workerData: settings })
     const pending = new Map<number, { resolve: (value: Reply) => void; reject: (error: Error) => void }>()
     let next = 0
     let closed = false

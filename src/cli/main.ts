@@ -25,7 +25,8 @@ import { applyOverrides } from "./overrides.ts"
 import * as Watchers from "./watchers.ts"
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-const defaultExperiment = path.join(packageRoot, "experiments", "grid-quest.ts")
+// grid-quest.ts in a checkout, the compiled grid-quest.js in an installed package (whose root is dist/).
+const defaultExperiment = path.join(packageRoot, "experiments", `grid-quest${path.extname(fileURLToPath(import.meta.url))}`)
 
 const loadExperiment = (file: string) =>
   Effect.tryPromise({
