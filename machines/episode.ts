@@ -57,6 +57,8 @@ export interface GenerateOutput {
   /** The assistant's text as the environment will receive it. */
   readonly text: string
   readonly policyVersion: number
+  /** Each token's version, when the backend reports them. */
+  readonly policyVersions?: ReadonlyArray<number>
 }
 
 export interface InteractInput {
@@ -64,6 +66,8 @@ export interface InteractInput {
   readonly action: string
   /** The assistant turn's ids, so the host can tell whether the policy already closed the turn. */
   readonly assistantIds: ReadonlyArray<number>
+  /** Prompt ids then response ids, this turn included: the conversation as the policy saw it. */
+  readonly contextIds: ReadonlyArray<number>
 }
 
 export interface InteractOutput {
@@ -156,6 +160,8 @@ export const episodeMachine = setup({
         tokenEnd: context.responseIds.length + output.tokenIds.length,
         reward: 0,
         policyVersion: output.policyVersion,
+        // Weights swapped mid-turn: the record says which version produced each token.
+        ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : {}),
         timings: timings(context)
       }],
       segmentStartedAt: Date.now()
@@ -282,7 +288,8 @@ export const episodeMachine = setup({
               return {
                 turn: assistantTurns(context).length - 1,
                 action: turn.text,
-                assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd)
+                assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd),
+                contextIds: [...context.promptIds, ...context.responseIds]
               }
             },
             onDone: [

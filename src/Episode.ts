@@ -110,13 +110,14 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
         tokenIds: result.tokenIds,
         logprobs: result.logprobs,
         text: tokenizer.decode(result.tokenIds),
-        policyVersion: result.policyVersion
+        policyVersion: result.policyVersion,
+        ...(result.policyVersions === undefined ? {} : { policyVersions: result.policyVersions })
       } satisfies GenerateOutput
     })
 
   const interact = (input: InteractInput) =>
     Effect.gen(function*() {
-      const result = yield* environment!.step(input.action)
+      const result = yield* environment!.step(input.action, { tokenIds: input.assistantIds, contextIds: input.contextIds })
       const role = result.role ?? "user"
       const observationIds = result.done
         ? []

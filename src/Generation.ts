@@ -43,7 +43,10 @@ export class GenerationResult extends Schema.Class<GenerationResult>("episodic/G
   /** Log-probability of each sampled token under the distribution it was sampled from. */
   logprobs: Schema.Array(Schema.Finite),
   finishReason: GenerationFinishReason,
-  policyVersion: Schema.Int
+  /** The version of the weights that produced the first token (the oldest: versions only grow within a turn). */
+  policyVersion: Schema.Int,
+  /** The version whose weights computed each token's logits, when the backend knows (weights can swap mid-turn). */
+  policyVersions: Schema.optionalKey(Schema.Array(Schema.Int))
 }) {}
 
 export class InferenceError extends Schema.TaggedError<InferenceError>()("InferenceError", {

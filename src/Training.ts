@@ -99,6 +99,8 @@ export const train = (input: TrainingInput) =>
               schedule: settings.optimizer.schedule as LearningRateSchedule
             },
             temperature: experiment.sampling.temperature,
+            topK: experiment.sampling.topK,
+            topP: experiment.sampling.topP,
             microBatchTokens: settings.microBatchTokens,
             backend: settings.backend,
             seed: experiment.seed
@@ -228,6 +230,9 @@ export const train = (input: TrainingInput) =>
         score_mean: metrics.score_mean,
         logprob_diff_max: metrics.logprob_diff_max,
         logprob_diff_mean: metrics.logprob_diff_mean,
+        logprob_diff_tokens: metrics.logprob_diff_tokens,
+        logprob_diff_over_1e3: metrics.logprob_diff_over_1e3,
+        other_version_tokens: metrics.other_version_tokens,
         ...(metrics.logprob_diff_at === undefined ? {} : { logprob_diff_at: metrics.logprob_diff_at }),
         update_seconds: metrics.update_seconds,
         sync_seconds: syncTime,

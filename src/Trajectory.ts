@@ -39,10 +39,12 @@ export const Turn = Schema.Struct({
   reward: Schema.Finite,
   /** The policy version that generated an assistant turn; null for environment turns. */
   policyVersion: Schema.NullOr(Schema.Int),
+  /** Present when new weights arrived mid-turn: the version that produced each of the turn's tokens. */
+  policyVersions: Schema.optionalKey(Schema.Array(Schema.Int)),
   timings: Timing,
   /** What the environment reported with the reward of an assistant turn's action (e.g. success, invalid). */
   info: Schema.optionalKey(Schema.Record(Schema.String, Schema.Unknown))
-}).pipe(Schema.encodeKeys({ tokenStart: "token_start", tokenEnd: "token_end", policyVersion: "policy_version" }))
+}).pipe(Schema.encodeKeys({ tokenStart: "token_start", tokenEnd: "token_end", policyVersion: "policy_version", policyVersions: "policy_versions" }))
 export type Turn = typeof Turn.Type
 
 export const TrajectoryError = Schema.Struct({ type: Schema.String, message: Schema.String })

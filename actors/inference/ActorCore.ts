@@ -33,6 +33,7 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
     maxBatchSize: settings.maxBatchSize,
     maxPrefillTokens: settings.maxPrefillTokens,
     cacheBudgetBytes: settings.cacheBudgetBytes,
+    stallTimeoutMs: settings.stallTimeoutMs,
     maxPositions,
     ...(tokenizer === undefined ? {} : { decode: (ids: ReadonlyArray<number>) => tokenizer.decode(ids) })
   })

@@ -34,6 +34,11 @@ export interface InferenceActorOptions {
   readonly maxPrefillTokens?: number
   /** Bytes of KV caches kept between turns; least recently used go first (default 1 GiB). */
   readonly cacheBudgetBytes?: number
+  /**
+   * A request that gets no token for this long (its step never comes back, or it was lost) fails with an
+   * error saying so, instead of waiting for the episode's own time limit (default 60 s).
+   */
+  readonly stallTimeoutMs?: number
   /** "cuda" uses ONNX Runtime's CUDA provider when it is installed and falls back to the CPU otherwise. */
   readonly provider?: ExecutionProvider
   /**
@@ -64,6 +69,7 @@ const settingsOf = (options: InferenceActorOptions): ActorSettings => ({
   maxBatchSize: options.maxBatchSize ?? 64,
   maxPrefillTokens: options.maxPrefillTokens ?? 4096,
   cacheBudgetBytes: options.cacheBudgetBytes ?? 1024 ** 3,
+  stallTimeoutMs: options.stallTimeoutMs ?? 60_000,
   provider: options.provider ?? "cpu",
   threads: options.threads ?? Math.max(1, availableParallelism() - 1)
 })

@@ -8,6 +8,7 @@ export interface ActorSettings {
   readonly maxBatchSize: number
   readonly maxPrefillTokens: number
   readonly cacheBudgetBytes: number
+  readonly stallTimeoutMs: number
   readonly provider: ExecutionProvider
   readonly threads: number | undefined
 }

@@ -25,6 +25,25 @@ const argmax = (logits: Float32Array): number => {
   return best
 }
 
+/**
+ * The tokens a top-k / top-p sampler keeps, most probable first (ties: the lower id first): the top-k, then
+ * the shortest prefix of them whose mass reaches topP of the whole. `weights[i]` is exp((logit_i - max) / T)
+ * and `total` their sum. The trainer scores tokens under the same set (actors/trainer/PolicyModel.ts).
+ */
+export const keptTokens = (logits: ArrayLike<number>, weights: ArrayLike<number>, total: number, topK: number, topP: number): Array<number> => {
+  const order = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b)
+  const k = topK > 0 ? Math.min(topK, order.length) : order.length
+  const kept: Array<number> = []
+  let mass = 0
+  for (let i = 0; i < k; i++) {
+    const token = order[i]!
+    kept.push(token)
+    mass += weights[token]!
+    if (mass >= topP * total) break
+  }
+  return kept
+}
+
 /** A sampler for one generation request: its random stream is seeded by the request's (episode, turn) seed. */
 export const makeSampler = (settings: SamplingSettings, seed: number) => {
   const random = mulberry32(seed)
@@ -49,17 +68,9 @@ export const makeSampler = (settings: SamplingSettings, seed: number) => {
       }
       return { token: best, logprob: logprobOf(best, sum) }
     }
-    // Top-k then top-p over tokens sorted by probability; ties keep the lower id first.
-    const order = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]! || a - b)
-    const k = settings.topK > 0 ? Math.min(settings.topK, order.length) : order.length
-    const kept: Array<number> = []
+    const kept = keptTokens(logits, weights, sum, settings.topK, settings.topP)
     let mass = 0
-    for (let i = 0; i < k; i++) {
-      const token = order[i]!
-      kept.push(token)
-      mass += weights[token]!
-      if (mass >= settings.topP * sum) break
-    }
+    for (const token of kept) mass += weights[token]!
     let u = random() * mass
     let chosen = kept.at(-1)!
     for (const token of kept) {

@@ -15,6 +15,7 @@
 import * as tf from "@tensorflow/tfjs"
 import type { LlamaConfig } from "../../src/model/config.ts"
 import { ropeTables, weightShapes } from "../../src/model/onnxExport.ts"
+import { keptTokens } from "../inference/sampling.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 
 /** y = x·W for x [n, in], W [in, out], with both gradients as untransposed products. */
@@ -155,9 +156,10 @@ export class PolicyModel {
 
   /**
    * Logprobs (and entropies, and values) of the scored tokens. `temperature` divides the logits, as the
-   * sampler did, so the logprobs are of the distribution the tokens were drawn from.
+   * sampler did, and `truncation` (top-k / top-p) keeps the tokens the sampler keeps and renormalises over
+   * them, so the logprobs are of the distribution the tokens were drawn from.
    */
-  score(batch: ScoreBatch, temperature = 1): ScoreOutput {
+  score(batch: ScoreBatch, temperature = 1, truncation?: Truncation): ScoreOutput {
     const { numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers, rmsNormEps } = this.config
     const b = batch.sequences.length
     const s = Math.max(...batch.sequences.map((seq) => seq.length))
@@ -212,7 +214,8 @@ export class PolicyModel {
       x = tf.add<tf.Tensor2D>(x, linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), this.#v(`${p}.mlp.down_proj.weight`)))
     }
     const hidden = rmsNorm(takeRows(x, tf.tensor1d(rows, "int32")), this.#v("model.norm.weight")) // [n, h]
-    const logits = tf.div(linear(hidden, this.#v("lm_head.weight")), temperature)
+    const scaled = tf.div(linear(hidden, this.#v("lm_head.weight")), temperature)
+    const logits = truncation !== undefined && (truncation.topK > 0 || truncation.topP < 1) ? truncate(scaled as tf.Tensor2D, truncation) : scaled
     const logSoftmax = tf.logSoftmax(logits, -1)
     const picked = tf.sum(tf.mul(logSoftmax, tf.oneHot(tf.tensor1d(targets, "int32"), this.config.vocabSize)), -1)
     const entropy = tf.neg(tf.sum(tf.mul(tf.exp(logSoftmax), logSoftmax), -1))
@@ -225,6 +228,31 @@ export class PolicyModel {
     this.#rope.cos.dispose()
     this.#rope.sin.dispose()
   }
+}
+
+export interface Truncation {
+  readonly topK: number
+  readonly topP: number
+}
+
+/**
+ * Logits with every token the sampler would not keep pushed out of the softmax: the set is a step
+ * function of the logits (no gradient), chosen from their values as the sampler chose it.
+ */
+const truncate = (logits: tf.Tensor2D, truncation: Truncation): tf.Tensor2D => {
+  const [rows, vocab] = logits.shape
+  const data = logits.dataSync()
+  const mask = new Float32Array(rows * vocab).fill(-1e9)
+  const weights = new Float64Array(vocab)
+  for (let r = 0; r < rows; r++) {
+    const row = data.subarray(r * vocab, (r + 1) * vocab)
+    let max = -Infinity
+    for (const value of row) max = Math.max(max, value)
+    let total = 0
+    for (let i = 0; i < vocab; i++) total += weights[i] = Math.exp(row[i]! - max)
+    for (const token of keptTokens(row, weights, total, truncation.topK, truncation.topP)) mask[r * vocab + token] = 0
+  }
+  return tf.add(logits, tf.tensor2d(mask, [rows, vocab]))
 }
 
 /** The exporter's rotary tables, as tensors kept across tidy scopes. */
