@@ -11,12 +11,23 @@ import { SamplingParams } from "./Generation.ts"
 import type { Preset } from "./model/config.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
 import type { RewardFunction } from "../actors/trainer/rewards.ts"
+import { isServerSpec } from "./remote-inference/protocol.ts"
+import { remoteDefaults, RemoteInferenceSettings } from "./remote-inference/settings.ts"
 
 export interface ExperimentConfig {
   /** Names the run directory: `<out>/<name>/`. */
   readonly name: string
-  /** A Hugging Face model directory: tokenizer files, and onnx/model.onnx for the inference actor. */
-  readonly model: string
+  /**
+   * A Hugging Face model directory: tokenizer files, and onnx/model.onnx for the inference actor. Or
+   * inference servers to generate on, by URL (one, a list, or a comma-separated string): `http://host:port`
+   * for vLLM or `episodic serve`, `sglang+http://host:port` for SGLang (docs/remote-inference.md).
+   */
+  readonly model: string | ReadonlyArray<string>
+  /**
+   * With servers as `model`: the local model directory whose tokenizer builds the records (and whose weights
+   * a training run starts from). Default: the directory the servers name, when it exists here.
+   */
+  readonly tokenizer?: string
   /**
    * A hand-written policy to run instead of the model (a scripted solver for demonstrations, a baseline).
    * Leave it out to generate with the model.
@@ -45,8 +56,8 @@ export interface ExperimentConfig {
   readonly seed?: number
   /** Parent of the run directory. */
   readonly out?: string
-  /** The shared inference actor's settings (see actors/inference). */
-  readonly inference?: Partial<InferenceSettings>
+  /** The shared inference actor's settings (see actors/inference); `remote` for inference servers. */
+  readonly inference?: Partial<Omit<InferenceSettings, "remote">> & { readonly remote?: Partial<RemoteInferenceSettings> }
   /** Make the model with `episodic model init` when its directory has none yet (the default experiment does). */
   readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
   /**
@@ -82,7 +93,8 @@ export const defineExperiment = (config: ExperimentConfig): ExperimentConfig => 
 /** What a run needs, every default filled in. Functions (policy, environments) are carried beside it. */
 export const ResolvedExperiment = Schema.Struct({
   name: Schema.String.check(Schema.isPattern(/^[\w.-]+$/, { message: "letters, digits, '.', '_' or '-' only" })),
-  model: Schema.String,
+  model: Schema.Union([Schema.String, Schema.Array(Schema.String)]),
+  tokenizer: Schema.optional(Schema.String),
   environment: Schema.optional(Schema.Struct({
     name: Schema.String,
     episodes: PositiveInt,
@@ -102,7 +114,8 @@ export const ResolvedExperiment = Schema.Struct({
     maxPrefillTokens: PositiveInt,
     cacheBudgetMiB: PositiveInt,
     provider: Schema.Literals(["cpu", "cuda"]),
-    threads: Schema.optional(PositiveInt)
+    threads: Schema.optional(PositiveInt),
+    remote: Schema.optional(RemoteInferenceSettings)
   }),
   modelInit: Schema.optional(Schema.Struct({
     preset: Schema.Literals(["micro", "tiny", "small"]),
@@ -245,6 +258,7 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
   const candidate = {
     name: config.name,
     model: config.model,
+    tokenizer: config.tokenizer,
     environment: config.environment,
     dataset: config.dataset,
     environmentConfig: {
@@ -258,7 +272,11 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     envCallTimeoutMs: config.envCallTimeoutMs ?? defaults.envCallTimeoutMs,
     seed: config.seed ?? defaults.seed,
     out: config.out ?? defaults.out,
-    inference: { ...defaults.inference, ...config.inference },
+    inference: {
+      ...defaults.inference,
+      ...config.inference,
+      remote: isServerSpec(config.model) ? { ...remoteDefaults, ...config.inference?.remote } : undefined
+    },
     modelInit: config.modelInit === undefined ? undefined : { preset: "tiny", seed: 0, ...config.modelInit },
     // Held-out by default: the seed the training rows cannot have (theirs is `seed`).
     evaluation: config.evaluation === undefined

@@ -30,6 +30,7 @@ import type { RunMonitor, TrainingPoint } from "./RunMonitor.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
 import type { Trajectory } from "./Trajectory.ts"
+import * as RemoteRun from "./remote-inference/run.ts"
 
 export interface TrainingSummary {
   readonly backend: string
@@ -85,7 +86,7 @@ export const train = (input: TrainingInput) =>
     if (inference.updateWeights === undefined) {
       return yield* new ExperimentError({ message: "training needs the inference actor (a model), not a hand-written policy" })
     }
-    const modelDirectory = path.resolve(experiment.model)
+    const modelDirectory = path.resolve(RemoteRun.localModel(experiment))
     const checkpointDirectory = Checkpoint.directoryOf(directory)
     const trainer = yield* Effect.acquireRelease(
       Effect.tryPromise({
@@ -98,7 +99,8 @@ export const train = (input: TrainingInput) =>
               // A decaying schedule without totalSteps is refused by the optimizer, naming the field.
               schedule: settings.optimizer.schedule as LearningRateSchedule
             },
-            temperature: experiment.sampling.temperature,
+            // The recorded logprobs and the trainer's are of one distribution (raw ones from vLLM: temperature 1).
+            temperature: RemoteRun.trainerTemperature(experiment),
             topK: experiment.sampling.topK,
             topP: experiment.sampling.topP,
             microBatchTokens: settings.microBatchTokens,
@@ -149,7 +151,7 @@ export const train = (input: TrainingInput) =>
       const demoWriter = yield* JsonlWriter.open(demoFile)
       const demoEngine = Engine.layer({ ...engine.options, inspect: undefined, samplesPerRow: 1 }).pipe(
         Layer.provide(TextPolicy.layer(config.trainer!.warmStart!.policy!)),
-        Layer.provide(Tokenizer.layer(experiment.model))
+        Layer.provide(Tokenizer.layer(RemoteRun.localModel(experiment)))
       )
       const demonstrations = yield* Effect.gen(function*() {
         const demo = yield* Engine

@@ -20,6 +20,7 @@ import * as EnvServerOptions from "../../actors/env-server/options.ts"
 import { errorMessage } from "../errorMessage.ts"
 import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
 import * as Run from "../Run.ts"
+import { localModel } from "../remote-inference/run.ts"
 import { model } from "./model.ts"
 import { applyOverrides } from "./overrides.ts"
 import * as Watchers from "./watchers.ts"
@@ -135,7 +136,7 @@ const run = Command.make(
       dashboard: flags.dashboard,
       dashboardPort: Option.getOrUndefined(flags.dashboardPort),
       inspect: Option.getOrUndefined(flags.inspect),
-      model: experiment.model,
+      model: localModel(experiment),
       // At a terminal the dashboard stays up after the run until Ctrl-C, so the finished run can be looked at.
       lingerDashboard: process.stdout.isTTY === true
     })

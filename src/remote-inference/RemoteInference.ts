@@ -76,6 +76,10 @@ export interface RemotePool {
   readonly maxInFlight: number
   /** A local model directory the servers name (vLLM's model path, episodic serve's directory), if one exists here. */
   readonly tokenizerHint: string | undefined
+  /** The local model directory whose config files go beside synced weights. */
+  modelDirectory: string | undefined
+  /** The first server's own tokenization of `text` (vLLM's `/tokenize`), when it has one. */
+  tokenize(text: string): Promise<{ readonly server: string; readonly ids: ReadonlyArray<number> } | undefined>
   generate(request: GenerationRequest, signal?: AbortSignal): Promise<GenerationResult>
   /** The episode has ended: it is no longer kept on its server. */
   release(episodeId: string): void
@@ -429,9 +433,9 @@ export const connect = async (options: RemoteInferenceOptions): Promise<RemotePo
     mkdirSync(directory, { recursive: true })
     Safetensors.write(path.join(directory, "model.safetensors"), weights)
     // The servers load a model directory: the config files come from the local model's.
-    if (options.modelDirectory !== undefined) {
+    if (pool.modelDirectory !== undefined) {
       for (const file of ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]) {
-        const source = path.join(options.modelDirectory, file)
+        const source = path.join(pool.modelDirectory, file)
         if (existsSync(source)) copyFileSync(source, path.join(directory, file))
       }
     }
@@ -487,10 +491,25 @@ export const connect = async (options: RemoteInferenceOptions): Promise<RemotePo
   }, settings.healthIntervalMs)
   healthTimer.unref()
 
-  return {
+  const tokenize = async (text: string) => {
+    const replica = replicas.find((r) => !r.down && r.kind !== "sglang")
+    if (replica === undefined) return undefined
+    try {
+      const reply = await request(replica, "POST", "/tokenize", { prompt: text, add_special_tokens: false }, AbortSignal.timeout(30_000), 30_000) as { tokens?: unknown }
+      return Array.isArray(reply.tokens) ? { server: replica.url, ids: reply.tokens as Array<number> } : undefined
+    } catch (cause) {
+      const status = (cause as { status?: number }).status
+      if (status === 404 || status === 405) return undefined
+      throw cause
+    }
+  }
+
+  const pool: RemotePool = {
     logprobKind,
     maxInFlight: settings.maxInFlight,
     tokenizerHint,
+    modelDirectory: options.modelDirectory,
+    tokenize,
     generate,
     release: (episodeId) => {
       const replica = sessions.get(episodeId)
@@ -519,6 +538,7 @@ export const connect = async (options: RemoteInferenceOptions): Promise<RemotePo
       clearInterval(healthTimer)
     }
   }
+  return pool
 }
 
 /** The engine's `Inference` service over a connected pool. */
