@@ -27,6 +27,7 @@ import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
 import { writePlots, writePngs } from "./plots.ts"
 import { evaluate, type EvaluationSummary } from "./Evaluation.ts"
 import { train, type TrainingSummary } from "./Training.ts"
+import * as RemoteRun from "./remote-inference/run.ts"
 import type { InspectionEvent } from "xstate"
 
 export type { EvaluationSummary }
@@ -48,6 +49,8 @@ export interface Summary {
   /** Held-out greedy success right after the warm start (SFT), when the run trains with one. */
   readonly warmstart_success?: number | null
   readonly training?: TrainingSummary
+  /** Which distribution response_logprobs are of: sampled (the in-process actor), temperature or raw (inference servers). */
+  readonly logprob_kind: string
 }
 
 /** What a run streams: every finished trajectory, and a metrics point (also a line of metrics.jsonl) now and then. */
@@ -93,7 +96,7 @@ const inferenceFor = (
   config: ExperimentConfig
 ): Effect.Effect<Layer.Layer<Inference, InferenceError, Tokenizer>, ExperimentError> =>
   Effect.gen(function*() {
-    const directory = path.resolve(experiment.model)
+    const directory = path.resolve(RemoteRun.localModel(experiment))
     // A text policy needs only the tokenizer; the model needs its graph too. Either is made when missing,
     // if the experiment says how.
     const missing = config.policy !== undefined
@@ -134,11 +137,14 @@ const rowsFor = (experiment: ResolvedExperiment, registry: EnvironmentRegistry):
   return Stream.fromIterable(definition.rows({ seed: experiment.seed, count: episodes, config: experiment.environmentConfig[name] ?? {} }))
 }
 
-export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, options: RunOptions = {}) => {
+export const run = (requested: ResolvedExperiment, config: ExperimentConfig, options: RunOptions = {}) => {
   const registry = EnvironmentRegistry.builtins()
   for (const definition of config.environments ?? []) registry.register(definition)
   return Effect.gen(function*() {
-    const inference = yield* inferenceFor(experiment, config)
+    // Inference servers are asked what they are first: the run records their tokenizer and logprob kind.
+    const remote = yield* RemoteRun.prepare(requested, runDirectory(requested))
+    const experiment = remote?.experiment ?? requested
+    const inference = remote?.layer ?? (yield* inferenceFor(experiment, config))
     if (experiment.dataset !== undefined) {
       // Refuse bad data before the first episode, naming every bad row, rather than fail halfway through.
       const problems = yield* Dataset.validateRows(experiment.dataset)
@@ -173,7 +179,7 @@ export const run = (experiment: ResolvedExperiment, config: ExperimentConfig, op
       envCallTimeoutMs: experiment.envCallTimeoutMs,
       seed: experiment.seed,
       bufferCapacity: Math.max(16, experiment.concurrency)
-    }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(experiment.model)))
+    }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(RemoteRun.localModel(experiment))))
     return yield* rollout(experiment, config, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })
 }
@@ -227,6 +233,7 @@ const rollout = (
         response_tokens: now.responseTokens,
         wall_seconds: now.elapsedSeconds,
         episodes_per_second: now.elapsedSeconds > 0 ? now.done / now.elapsedSeconds : 0,
+        logprob_kind: RemoteRun.logprobKindOf(experiment),
         interrupted: (now.finishReasons.interrupted ?? 0) > 0
       }
     }
