@@ -22,6 +22,13 @@ export interface ResetOptions {
 
 export interface StepOptions {
   readonly signal: AbortSignal
+  /**
+   * The assistant turn's token ids exactly as the policy sampled them (the engine always gives them). An
+   * environment that takes tokens rather than text (OpenEnv's chat_env) sends these, never re-encoded text.
+   */
+  readonly tokenIds?: ReadonlyArray<number>
+  /** The conversation's token ids as the policy saw it, this turn included: prompt_ids, then response_ids. */
+  readonly contextIds?: ReadonlyArray<number>
 }
 
 export interface ResetResult {

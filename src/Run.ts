@@ -21,7 +21,7 @@ import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
 import { Tokenizer } from "./Tokenizer.ts"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
-import { RunMonitor, type MetricsPoint } from "./RunMonitor.ts"
+import { RunMonitor, tokenDriftOf, type MetricsPoint } from "./RunMonitor.ts"
 import { SamplingParams } from "./Generation.ts"
 import { writeTrajectoriesParquet } from "./ParquetOutput.ts"
 import { writePlots, writePngs } from "./plots.ts"
@@ -51,6 +51,8 @@ export interface Summary {
   readonly training?: TrainingSummary
   /** Which distribution response_logprobs are of: sampled (the in-process actor), temperature or raw (inference servers). */
   readonly logprob_kind: string
+  /** Episodes whose remote environment tokenized the conversation differently from the policy, when any did. */
+  readonly token_drift_episodes?: number
 }
 
 /** What a run streams: every finished trajectory, and a metrics point (also a line of metrics.jsonl) now and then. */
@@ -234,7 +236,8 @@ const rollout = (
         wall_seconds: now.elapsedSeconds,
         episodes_per_second: now.elapsedSeconds > 0 ? now.done / now.elapsedSeconds : 0,
         logprob_kind: RemoteRun.logprobKindOf(experiment),
-        interrupted: (now.finishReasons.interrupted ?? 0) > 0
+        interrupted: (now.finishReasons.interrupted ?? 0) > 0,
+        ...(monitor.tokenDriftEpisodes > 0 ? { token_drift_episodes: monitor.tokenDriftEpisodes } : {})
       }
     }
     // A metrics point every 1% of the run (every 10 episodes when the total is not known) but at most one a
@@ -251,12 +254,26 @@ const rollout = (
         return metricsWriter.write(metrics)
       })
 
+    // Said once per run: the environment and the policy see different tokens, so the run trains on one view
+    // of the conversation while the environment answers another.
+    let driftWarned = false
+    const warnDrift = (trajectory: Trajectory) =>
+      Effect.suspend(() => {
+        const drift = driftWarned ? undefined : tokenDriftOf(trajectory)
+        if (drift === undefined) return Effect.void
+        driftWarned = true
+        const line = `warning: episode ${trajectory.id} (${trajectory.interaction}): the environment's tokens differ from the policy's ` +
+          `at position ${drift.position} of prompt_ids + response_ids (environment ${drift["environment_token"] ?? "none"}, ` +
+          `policy ${drift["policy_token"]}): its tokenizer or chat template is not the policy's; metrics.jsonl counts such episodes (token_drift_episodes)`
+        return options.onLog !== undefined ? Effect.sync(() => options.onLog!(line)) : Effect.logWarning(line)
+      })
     const record = (trajectory: Trajectory) =>
       writer.write(trajectory).pipe(
         Effect.andThen(Effect.sync(() => {
           monitor.record(trajectory)
           options.onEvent?.({ type: "trajectory", trajectory })
         })),
+        Effect.andThen(warnDrift(trajectory)),
         Effect.andThen(Effect.suspend(() => (++sincePoint >= pointEvery && Date.now() - lastPoint >= 1000 ? writePoint() : Effect.void)))
       )
     // A training run interleaves generation and updates (src/Training.ts); otherwise the rows just play.

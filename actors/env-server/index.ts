@@ -22,17 +22,18 @@ import type { EnvironmentDefinition } from "../../src/Environment.ts"
 import { EnvironmentRegistry } from "../../src/environments/registry.ts"
 import { errorMessage } from "../../src/errorMessage.ts"
 import {
-  ClientMessage,
+  clientMessage,
   CloseRequest,
   describeProblems,
   fieldProblems,
-  jsonSchemas,
   parseOptions,
+  type ResetParameters,
   ResetRequest,
-  StepRequest
+  stepRequest
 } from "../../src/remote/OpenEnvProtocol.ts"
 import { type EnvServerOptions, EnvServerError, resolveSettings, type Settings } from "./options.ts"
 import * as Sessions from "./sessions.ts"
+import * as Wire from "./wire.ts"
 
 export { defaults, EnvServerError, type EnvServerOptions } from "./options.ts"
 export { RequestError } from "./sessions.ts"
@@ -114,10 +115,18 @@ const wsError = (message: string, code: string, extra: Record<string, unknown> =
 
 const knownTypes = new Set(["reset", "step", "state", "close"])
 
+/** A decoded WebSocket message; a step's data is an action of the server's wire. */
+type Incoming =
+  | { readonly type: "reset"; readonly data?: ResetParameters }
+  | { readonly type: "step"; readonly data: unknown }
+  | { readonly type: "state" }
+  | { readonly type: "close" }
+
 /** One session for the life of the connection; messages are handled one at a time, each answered in order. */
 const serveWebSocket = (
   request: HttpServerRequest.HttpServerRequest,
-  sessions: Sessions.SessionTable
+  sessions: Sessions.SessionTable,
+  ClientMessage: Schema.Codec<any, unknown>
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
     const socket = yield* request.upgrade
@@ -152,7 +161,7 @@ const serveWebSocket = (
         const errors = fieldProblems(decoded.failure.issue)
         return Effect.succeed(wsError(`Invalid message: ${describeProblems(errors)}`, "VALIDATION_ERROR", { errors }))
       }
-      const message = decoded.success
+      const message = decoded.success as Incoming
       switch (message.type) {
         case "close":
           return Effect.succeed("close")
@@ -192,7 +201,7 @@ const serveWebSocket = (
 
 const digest = (text: string) => createHash("sha256").update(text).digest()
 
-const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, sessions: Sessions.SessionTable) => {
+const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, sessions: Sessions.SessionTable, wire: Wire.Wire) => {
   const expected = settings.token === undefined ? undefined : digest(`Bearer ${settings.token}`)
   const authorized = (request: HttpServerRequest.HttpServerRequest) =>
     expected === undefined || timingSafeEqual(digest(request.headers["authorization"] ?? ""), expected)
@@ -204,7 +213,9 @@ const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, ses
   const guarded = <R>(handler: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, R>) =>
     (request: HttpServerRequest.HttpServerRequest) => authorized(request) ? handler(request) : Effect.succeed(unauthorized)
   const { maxBodyBytes } = settings
-  const schemas = jsonSchemas()
+  const schemas = wire.schemas
+  const StepRequest = stepRequest(wire.action)
+  const ClientMessage = clientMessage(wire.action)
 
   return HttpRouter.addAll([
     HttpRouter.route("GET", "/health", Effect.sync(() =>
@@ -256,18 +267,27 @@ const makeApp = (settings: Settings, definition: EnvironmentDefinition<any>, ses
     HttpRouter.route("GET", "/ws", guarded((request) =>
       request.headers["upgrade"]?.toLowerCase() !== "websocket"
         ? Effect.succeed(HttpServerResponse.jsonUnsafe({ detail: "GET /ws needs a WebSocket upgrade", code: "VALIDATION_ERROR" }, { status: 426 }))
-        : serveWebSocket(request, sessions).pipe(Effect.as(HttpServerResponse.empty()))
+        : serveWebSocket(request, sessions, ClientMessage).pipe(Effect.as(HttpServerResponse.empty()))
     ))
   ])
 }
+
+/** The environment's own tokenizer and chat template, from a local model directory (transformers.js loads only then). */
+const loadTokenizer = (directory: string) =>
+  Effect.tryPromise({
+    try: async () => (await import("../../src/Tokenizer.ts")).load(directory),
+    catch: (cause) => new EnvServerError({ message: `--tokenizer ${directory}: ${errorMessage(cause)}` })
+  })
 
 /** Serves `options.definition` until the scope closes; the scope's end ends every session first. */
 export const serve = (options: EnvServerOptions): Effect.Effect<EnvServer, EnvServerError, Scope.Scope> =>
   Effect.gen(function*() {
     const settings = yield* resolveSettings(options)
+    const wire = options.tokenizer === undefined ? Wire.text : Wire.tokens(yield* loadTokenizer(options.tokenizer))
     const sessions = Sessions.make({
       definition: options.definition,
       config: options.config ?? {},
+      wire,
       maxSessions: settings.maxSessions,
       idleTimeoutMs: settings.idleTimeoutMs,
       callTimeoutMs: settings.callTimeoutMs
@@ -280,7 +300,7 @@ export const serve = (options: EnvServerOptions): Effect.Effect<EnvServer, EnvSe
       websocket: { maxPayload: settings.maxBodyBytes, clientTracking: false },
       gracefulShutdownTimeout: "2 seconds"
     }).pipe(Effect.mapError((error) => new EnvServerError({ message: `cannot listen on ${settings.host}:${settings.port}: ${errorMessage(error.cause)}` })))
-    const handler = yield* HttpRouter.toHttpEffect(makeApp(settings, options.definition, sessions))
+    const handler = yield* HttpRouter.toHttpEffect(makeApp(settings, options.definition, sessions, wire))
     yield* server.serve(handler)
     // Added after the server's own finalizers, so it runs before them: open WebSockets would hold the
     // server's close open.

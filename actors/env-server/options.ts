@@ -24,6 +24,11 @@ export interface EnvServerOptions {
   readonly maxBodyBytes?: number | undefined
   /** When set, every endpoint but /health needs `Authorization: Bearer <token>`. */
   readonly token?: string | undefined
+  /**
+   * A model directory (tokenizer.json, tokenizer_config.json with a chat_template): the server speaks OpenEnv's
+   * chat_env shapes, token ids in and the conversation with the environment's tokens out, instead of text.
+   */
+  readonly tokenizer?: string | undefined
 }
 
 export const defaults = {

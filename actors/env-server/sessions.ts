@@ -7,14 +7,10 @@ import { Effect, Schema } from "effect"
 import { randomInt, randomUUID } from "node:crypto"
 import type { DatasetRow } from "../../src/DatasetRow.ts"
 import type { EnvironmentDefinition } from "../../src/Environment.ts"
-import {
-  type Action,
-  ErrorCode,
-  type ObservationReply,
-  type ResetParameters,
-  type State
-} from "../../src/remote/OpenEnvProtocol.ts"
+import { errorMessage } from "../../src/errorMessage.ts"
+import { ErrorCode, type ResetParameters, type State } from "../../src/remote/OpenEnvProtocol.ts"
 import * as EnvironmentActor from "../environment/index.ts"
+import type { Wire, WireSession } from "./wire.ts"
 
 /** A refused or failed request: an OpenEnv error code, the HTTP status it answers with, and what went wrong. */
 export class RequestError extends Schema.TaggedError<RequestError>()("RequestError", {
@@ -27,6 +23,8 @@ export class RequestError extends Schema.TaggedError<RequestError>()("RequestErr
 export interface Session {
   readonly id: string
   readonly environment: EnvironmentActor.EnvironmentActor
+  /** How this session's actions and observations look on the wire. */
+  readonly wire: WireSession
   episodeId: string | null
   stepCount: number
   totalReward: number
@@ -40,6 +38,7 @@ export interface Session {
 export interface SessionTableOptions {
   readonly definition: EnvironmentDefinition<any>
   readonly config: Record<string, unknown>
+  readonly wire: Wire
   readonly maxSessions: number
   readonly idleTimeoutMs: number
   /** Time limit of one environment call. */
@@ -55,9 +54,10 @@ export interface SessionTable {
   readonly find: (id: string) => Effect.Effect<Session, RequestError>
   /** Runs one call on the session: refused while another runs, and the session counts as active meanwhile. */
   readonly use: <A>(session: Session, call: Effect.Effect<A, RequestError>) => Effect.Effect<A, RequestError>
-  readonly reset: (session: Session, parameters: ResetParameters) => Effect.Effect<ObservationReply, RequestError>
-  readonly step: (session: Session, action: Action) => Effect.Effect<ObservationReply, RequestError>
-  readonly state: (session: Session | undefined) => State
+  readonly reset: (session: Session, parameters: ResetParameters) => Effect.Effect<Reply, RequestError>
+  /** `action` is decoded with the wire's action schema. */
+  readonly step: (session: Session, action: unknown) => Effect.Effect<Reply, RequestError>
+  readonly state: (session: Session | undefined) => State & Record<string, unknown>
   /** Ends the session once: its transport is closed, its environment closed. */
   readonly end: (session: Session, reason: string) => Effect.Effect<void>
   /** Ends sessions idle for longer than the idle timeout; returns how many. */
@@ -65,10 +65,18 @@ export interface SessionTable {
   readonly endAll: (reason: string) => Effect.Effect<void>
 }
 
+/** A reset's or a step's answer, as OpenEnv's serialize_observation makes it, with the environment's info as metadata. */
+export interface Reply {
+  readonly observation: Record<string, unknown>
+  readonly reward: number | null
+  readonly done: boolean
+  readonly metadata?: Record<string, unknown>
+}
+
 const executionError = (message: string) => new RequestError({ code: "EXECUTION_ERROR", status: 500, message })
 
 export const make = (options: SessionTableOptions): SessionTable => {
-  const { definition, config, maxSessions, idleTimeoutMs, callTimeoutMs } = options
+  const { definition, config, wire, maxSessions, idleTimeoutMs, callTimeoutMs } = options
   const sessions = new Map<string, Session>()
   // Sessions whose environment is being made count against the capacity too.
   let opening = 0
@@ -92,6 +100,7 @@ export const make = (options: SessionTableOptions): SessionTable => {
         const session: Session = {
           id: randomUUID(),
           environment,
+          wire: wire.open(),
           episodeId: null,
           stepCount: 0,
           totalReward: 0,
@@ -143,41 +152,41 @@ export const make = (options: SessionTableOptions): SessionTable => {
       session.stepCount = 0
       session.totalReward = 0
       session.phase = "running"
-      const observation = result.observation
       return {
-        observation: {
-          text: typeof observation === "string" ? observation : null,
-          ...(typeof observation === "object" ? { messages: observation } : {}),
-          ...(result.systemPrompt !== undefined ? { system_prompt: result.systemPrompt } : {})
-        },
+        observation: session.wire.reset(row, result),
         reward: null,
         done: false,
         ...(result.info !== undefined ? { metadata: result.info } : {})
-      } satisfies ObservationReply
+      } satisfies Reply
     })
 
-  const step = (session: Session, action: Action) =>
+  const step = (session: Session, action: unknown) =>
     Effect.gen(function*() {
       // Checked here so that a client's mistake gets a clear answer instead of whatever the environment throws.
       if (session.phase === "new") return yield* executionError("step before reset: reset the session first")
       if (session.phase === "done") return yield* executionError("the episode is done: reset the session to start another")
-      const result = yield* session.environment.step(action.message).pipe(
+      const text = yield* Effect.try({
+        try: () => session.wire.action(action),
+        catch: (cause) => new RequestError({ code: "VALIDATION_ERROR", status: 422, message: `the action cannot be read: ${errorMessage(cause)}` })
+      })
+      const result = yield* session.environment.step(text).pipe(
         Effect.mapError((error) => executionError(error.message))
       )
       session.stepCount++
       session.totalReward += result.reward
       if (result.done) session.phase = "done"
       return {
-        observation: { text: result.observation, role: result.role ?? "user" },
+        observation: session.wire.step(action, text, result),
         reward: result.reward,
         done: result.done,
         ...(result.info !== undefined ? { metadata: result.info } : {})
-      } satisfies ObservationReply
+      } satisfies Reply
     })
 
-  const state = (session: Session | undefined): State => ({
+  const state = (session: Session | undefined) => ({
     episode_id: session?.episodeId ?? null,
     step_count: session?.stepCount ?? 0,
+    ...(session?.wire ?? wire.open()).state(),
     session_id: session?.id ?? null,
     done: session?.phase === "done",
     total_reward: session?.totalReward ?? 0

@@ -10,13 +10,15 @@ import {
   type Environment,
   EnvironmentError,
   ResetResultSchema,
-  StepResultSchema
+  StepResultSchema,
+  type StepOptions
 } from "../../src/Environment.ts"
 import { errorMessage } from "../../src/errorMessage.ts"
 
 export interface EnvironmentActor {
   reset(options: { readonly seed: number; readonly row: DatasetRow }): Effect.Effect<typeof ResetResultSchema.Type, EnvironmentError>
-  step(action: string): Effect.Effect<typeof StepResultSchema.Type, EnvironmentError>
+  /** `tokens` are the turn's token ids and the context's, for environments that take tokens. */
+  step(action: string, tokens?: Omit<StepOptions, "signal">): Effect.Effect<typeof StepResultSchema.Type, EnvironmentError>
   /** Closes the environment once; later calls do nothing. A failing close is logged, not raised. */
   readonly close: Effect.Effect<void>
 }
@@ -55,7 +57,7 @@ export const make = (
     let closed = false
     return {
       reset: ({ seed, row }) => call("reset", callTimeoutMs, ResetResultSchema, (signal) => environment.reset({ seed, row, signal })),
-      step: (action) => call("step", callTimeoutMs, StepResultSchema, (signal) => environment.step(action, { signal })),
+      step: (action, tokens) => call("step", callTimeoutMs, StepResultSchema, (signal) => environment.step(action, { ...tokens, signal })),
       close: Effect.suspend(() => {
         if (closed || environment.close === undefined) return Effect.void
         closed = true

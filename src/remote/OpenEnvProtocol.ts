@@ -106,28 +106,35 @@ export const ResetRequest = Schema.StructWithRest(
   [JsonObject]
 )
 
-/** `POST /step`: OpenEnv's StepRequest, with the session it steps. */
-export const StepRequest = Schema.StructWithRest(
-  Schema.Struct({
-    action: Action,
-    session_id: Schema.String,
-    timeout_s: Schema.optionalKey(Schema.Finite.check(Schema.isGreaterThan(0))),
-    request_id: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(255)))
-  }),
-  [JsonObject]
-)
+/** `POST /step`: OpenEnv's StepRequest, with the session it steps and the server's action schema. */
+export const stepRequest = <A extends Schema.Top>(action: A) =>
+  Schema.StructWithRest(
+    Schema.Struct({
+      action,
+      session_id: Schema.String,
+      timeout_s: Schema.optionalKey(Schema.Finite.check(Schema.isGreaterThan(0))),
+      request_id: Schema.optionalKey(Schema.String.check(Schema.isMaxLength(255)))
+    }),
+    [JsonObject]
+  )
+
+export const StepRequest = stepRequest(Action)
 
 /** `POST /close`. */
 export const CloseRequest = Schema.Struct({ session_id: Schema.String })
 
 // --- WebSocket messages ----------------------------------------------------------------------------------
 
-export const ClientMessage = Schema.Union([
-  Schema.Struct({ type: Schema.Literal("reset"), data: Schema.optionalKey(ResetParameters) }),
-  Schema.Struct({ type: Schema.Literal("step"), data: Action }),
-  Schema.Struct({ type: Schema.Literal("state") }),
-  Schema.Struct({ type: Schema.Literal("close") })
-])
+/** What a client may send over the WebSocket, with the server's action schema. */
+export const clientMessage = <A extends Schema.Top>(action: A) =>
+  Schema.Union([
+    Schema.Struct({ type: Schema.Literal("reset"), data: Schema.optionalKey(ResetParameters) }),
+    Schema.Struct({ type: Schema.Literal("step"), data: action }),
+    Schema.Struct({ type: Schema.Literal("state") }),
+    Schema.Struct({ type: Schema.Literal("close") })
+  ])
+
+export const ClientMessage = clientMessage(Action)
 export type ClientMessage = typeof ClientMessage.Type
 
 /** OpenEnv's WSErrorCode values, and UNAUTHORIZED for a missing or wrong bearer token (episodic's). */

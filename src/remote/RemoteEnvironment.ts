@@ -10,12 +10,27 @@
  * goes to the oldest request still waiting, and the reply to a request that timed out is dropped when it
  * comes, never read as the answer to the next one (OpenEnv's client reads the next message off the socket,
  * whatever it answers).
+ *
+ * The server's `GET /schema` says what its actions are. When they are token ids (OpenEnv's chat_env, or
+ * `episodic serve-env --tokenizer`), each step sends the assistant turn's token ids exactly as the policy
+ * sampled them, the observation is the messages the environment added after the assistant's, and the
+ * environment's own tokens of the conversation are compared with the policy's: the first position where
+ * they differ goes in the turn's info as `token_drift`, once per episode, so a run whose environment
+ * tokenizes differently from its policy says so.
  */
 import * as NodeWS from "@effect/platform-node/NodeWS"
 import { Result, Schema } from "effect"
 import type { DatasetRow } from "../DatasetRow.ts"
-import { define, type Environment, type EnvironmentDefinition, type ResetResult, type StepResult } from "../Environment.ts"
+import {
+  define,
+  type Environment,
+  type EnvironmentDefinition,
+  type ResetResult,
+  type StepOptions,
+  type StepResult
+} from "../Environment.ts"
 import { Message } from "../Message.ts"
+import { ChatObservation, tokenDrift, wantsTokens } from "./ChatProtocol.ts"
 import {
   connectionFailure,
   decodeReply,
@@ -38,7 +53,7 @@ export const RemoteConfig = Schema.Struct({
   ...EndpointConfig,
   /** "websocket" (default; any OpenEnv server) or "http" (session ids; episodic's servers). */
   transport: Schema.optionalKey(Schema.Literals(["websocket", "http"])),
-  /** The action field the assistant's text goes in (default "message"). */
+  /** The action field the assistant's text goes in (default "message"); setting it means text, whatever the schema says. */
   actionKey: Schema.optionalKey(Schema.String),
   /** The observation field read as the observation text (default "text"). */
   observationKey: Schema.optionalKey(Schema.String)
@@ -102,6 +117,69 @@ const toStepResult = (reply: AnyObservationReply, observationKey: string): StepR
   done: reply.done ?? false,
   ...infoOf(reply)
 })
+
+/** How one episode's actions go out and its observations come back. */
+interface View {
+  action(action: string, options: StepOptions): Record<string, unknown>
+  reset(reply: AnyObservationReply): ResetResult
+  step(reply: AnyObservationReply, options: StepOptions): StepResult
+}
+
+const textView = (actionKey: string, observationKey: string): View => ({
+  action: (action) => ({ [actionKey]: action }),
+  reset: (reply) => toResetResult(reply, observationKey),
+  step: (reply) => toStepResult(reply, observationKey)
+})
+
+const chatObservationOf = (reply: AnyObservationReply, what: string): ChatObservation =>
+  decodeReply(ChatObservation, reply.observation, `the ${what} reply's observation`)
+
+/**
+ * OpenEnv's chat_env: token ids out; the messages the environment adds after the assistant's come back as
+ * the observation. Its first messages replace the row's prompt when they hold a user turn; otherwise its
+ * system message (OpenEnv's ChatEnvironment has nothing else at reset) goes before the row's prompt.
+ */
+const tokenView = (): View => {
+  // The environment's messages seen so far; later ones are new.
+  let seen = 0
+  let drifted = false
+  return {
+    action: (_action, { tokenIds }) => {
+      if (tokenIds === undefined || tokenIds.length === 0) {
+        throw new RemoteCallError("rejected", "the server takes token ids, and this step has none (OpenEnv's ChatAction needs at least one)")
+      }
+      return { tokens: [...tokenIds] }
+    },
+    reset: (reply) => {
+      const { messages } = chatObservationOf(reply, "reset")
+      seen = messages.length
+      drifted = false
+      const asMessages = Schema.decodeUnknownResult(Schema.Array(Message))(messages)
+      if (messages.some((message) => message.role === "user") && Result.isSuccess(asMessages)) {
+        return { observation: asMessages.success, ...infoOf(reply) }
+      }
+      const system = messages[0]?.role === "system" ? messages[0].content : undefined
+      return { ...(system !== undefined ? { systemPrompt: system } : {}), ...infoOf(reply) }
+    },
+    step: (reply, { contextIds }) => {
+      const observation = chatObservationOf(reply, "step")
+      const added = observation.messages.slice(seen)
+      seen = observation.messages.length
+      // The environment's own record of the assistant's message comes first; what follows is its answer.
+      const answer = added[0]?.role === "assistant" ? added.slice(1) : added
+      const drift = drifted || contextIds === undefined ? undefined : tokenDrift(observation.tokens, contextIds)
+      if (drift !== undefined) drifted = true
+      const info = { ...reply.metadata, ...(drift !== undefined ? { token_drift: drift } : {}) }
+      return {
+        observation: answer.map((message) => message.content).join("\n\n"),
+        ...(answer.at(-1)?.role === "tool" ? { role: "tool" as const } : {}),
+        reward: reply.reward ?? 0,
+        done: reply.done ?? false,
+        ...(Object.keys(info).length > 0 ? { info } : {})
+      }
+    }
+  }
+}
 
 // --- WebSocket -------------------------------------------------------------------------------------------
 
@@ -265,17 +343,19 @@ const httpUrl = (url: string) => url.replace(/^ws/, "http").replace(/\/+$/, "")
 interface Resolved {
   readonly endpoint: Endpoint
   readonly token: string | undefined
-  readonly actionKey: string
-  readonly observationKey: string
+  /** A fresh view for an episode, in the format the server's schema asks for. */
+  readonly view: (signal: AbortSignal) => Promise<View>
 }
 
-const overWebSocket = ({ endpoint, token, actionKey, observationKey }: Resolved): Environment => {
+const overWebSocket = ({ endpoint, token, view: makeView }: Resolved): Environment => {
   const url = websocketUrl(endpoint.url)
   let connection: Connection | undefined
+  let view: View | undefined
   return {
     async reset({ seed, row, signal }) {
       let attempts = 0
       const reply = await endpoint.call("reset", async (attemptSignal) => {
+        view = await makeView(attemptSignal)
         // A second reset reuses the session's connection, as OpenEnv's sessions allow; a retried one starts
         // over on a new connection, since the old one's session is in an unknown state.
         const retry = attempts++ > 0
@@ -285,17 +365,19 @@ const overWebSocket = ({ endpoint, token, actionKey, observationKey }: Resolved)
         }
         return observationOf(await connection.request({ type: "reset", data: { seed, row } }, attemptSignal))
       }, { signal, idempotent: true, admit: true })
-      return toResetResult(reply, observationKey)
+      return view!.reset(reply)
     },
-    async step(action, { signal }) {
+    async step(action, options) {
       const session = connection
-      if (session === undefined) throw new Error("step before reset")
+      const episode = view
+      if (session === undefined || episode === undefined) throw new Error("step before reset")
+      const data = episode.action(action, options)
       const reply = await endpoint.call(
         "step",
-        async (attemptSignal) => observationOf(await session.request({ type: "step", data: { [actionKey]: action } }, attemptSignal)),
-        { signal, idempotent: false, admit: false }
+        async (attemptSignal) => observationOf(await session.request({ type: "step", data }, attemptSignal)),
+        { signal: options.signal, idempotent: false, admit: false }
       )
-      return toStepResult(reply, observationKey)
+      return episode.step(reply, options)
     },
     close() {
       connection?.close()
@@ -306,12 +388,14 @@ const overWebSocket = ({ endpoint, token, actionKey, observationKey }: Resolved)
 
 const SessionReply = Schema.Struct({ session_id: Schema.optionalKey(Schema.String) })
 
-const overHttp = ({ endpoint, token, actionKey, observationKey }: Resolved): Environment => {
+const overHttp = ({ endpoint, token, view: makeView }: Resolved): Environment => {
   const base = httpUrl(endpoint.url)
   let sessionId: string | undefined
+  let view: View | undefined
   return {
     async reset({ seed, row, signal }) {
       const reply = await endpoint.call("reset", async (attemptSignal) => {
+        view = await makeView(attemptSignal)
         // A second reset of this environment resets its session rather than opening another.
         const request = { seed, row, ...(sessionId !== undefined ? { session_id: sessionId } : {}) }
         const body = await fetchJson(`${base}/reset`, { method: "POST", body: request, token, signal: attemptSignal })
@@ -322,18 +406,19 @@ const overHttp = ({ endpoint, token, actionKey, observationKey }: Resolved): Env
         sessionId = session_id
         return decodeReply(AnyObservationReply, body, "the reset reply")
       }, { signal, idempotent: true, admit: true })
-      return toResetResult(reply, observationKey)
+      return view!.reset(reply)
     },
-    async step(action, { signal }) {
-      if (sessionId === undefined) throw new Error("step before reset")
-      const body = { session_id: sessionId, action: { [actionKey]: action } }
+    async step(action, options) {
+      const episode = view
+      if (sessionId === undefined || episode === undefined) throw new Error("step before reset")
+      const body = { session_id: sessionId, action: episode.action(action, options) }
       const reply = await endpoint.call(
         "step",
         async (attemptSignal) =>
           decodeReply(AnyObservationReply, await fetchJson(`${base}/step`, { method: "POST", body, token, signal: attemptSignal }), "the step reply"),
-        { signal, idempotent: false, admit: false }
+        { signal: options.signal, idempotent: false, admit: false }
       )
-      return toStepResult(reply, observationKey)
+      return episode.step(reply, options)
     },
     async close() {
       if (sessionId === undefined) return
@@ -342,6 +427,25 @@ const overHttp = ({ endpoint, token, actionKey, observationKey }: Resolved): Env
       // Best effort: a session the server never hears about again is reaped when idle.
       await fetchJson(`${base}/close`, { method: "POST", body, token, signal: AbortSignal.timeout(2_000) }).catch(() => undefined)
     }
+  }
+}
+
+const SchemaReply = Schema.Struct({ action: Schema.optionalKey(Schema.Unknown) })
+
+/**
+ * Whether the server at `base` takes token ids, from its `GET /schema`. A server without one (a 4xx) takes
+ * text; a failure that may pass (unreachable, 5xx, timeout) is thrown, for the reset's retries. A refused
+ * token says nothing about the server (undefined): the session's own request then says what is wrong.
+ */
+const readActionFormat = async (base: string, token: string | undefined, signal: AbortSignal): Promise<"text" | "tokens" | undefined> => {
+  try {
+    const body = await fetchJson(`${base}/schema`, { method: "GET", token, signal })
+    return wantsTokens(decodeReply(SchemaReply, body, "the schema reply").action) ? "tokens" : "text"
+  } catch (cause) {
+    if (cause instanceof RemoteCallError && (cause.kind === "rejected" || cause.kind === "protocol")) {
+      return /^HTTP 401/.test(cause.message) ? undefined : "text"
+    }
+    throw cause
   }
 }
 
@@ -355,14 +459,28 @@ export const remoteEnvironment = (url: string, options: RemoteConfig = {}): Envi
     throw new Error(`remote environment "${url}": the URL must start with ws://, wss://, http:// or https://`)
   }
   let endpoint: Endpoint | undefined
+  // What the server's schema says its actions are: read once, by the first episode that gets an answer.
+  let actionFormat: Promise<"text" | "tokens" | undefined> | undefined
   const resolve = (config: RemoteConfig): Resolved & { readonly transport: "websocket" | "http" } => {
     const checked: RemoteConfig = checkConfig(RemoteConfig, { ...options, ...config }, url)
     endpoint ??= new Endpoint(url, endpointOptions(checked))
+    const token = tokenOf(checked)
+    const actionKey = checked.actionKey ?? "message"
+    const observationKey = checked.observationKey ?? "text"
+    const format = (signal: AbortSignal) => {
+      if (checked.actionKey !== undefined) return Promise.resolve("text" as const)
+      const reading = actionFormat ??= readActionFormat(httpUrl(url), token, signal)
+      // A failed or undecided read is not kept: the next attempt asks again.
+      reading.then(
+        (format) => { if (format === undefined && actionFormat === reading) actionFormat = undefined },
+        () => { if (actionFormat === reading) actionFormat = undefined }
+      )
+      return reading
+    }
     return {
       endpoint,
-      token: tokenOf(checked),
-      actionKey: checked.actionKey ?? "message",
-      observationKey: checked.observationKey ?? "text",
+      token,
+      view: async (signal) => (await format(signal)) === "tokens" ? tokenView() : textView(actionKey, observationKey),
       transport: checked.transport ?? "websocket"
     }
   }
