@@ -211,7 +211,11 @@ const serveEnv = Command.make(
       Flag.withDescription("A module that default-exports an environment definition (or a list) to serve besides the built-in ones"),
       Flag.optional
     ),
-    config: Flag.String("config").pipe(Flag.withDescription("The environment's config, as JSON"), Flag.optional)
+    config: Flag.String("config").pipe(Flag.withDescription("The environment's config, as JSON"), Flag.optional),
+    tokenizer: Flag.String("tokenizer").pipe(
+      Flag.withDescription("A model directory whose tokenizer and chat template the environment owns: speak OpenEnv's chat_env (token ids in, messages and tokens out)"),
+      Flag.optional
+    )
   },
   Effect.fn(function*(flags) {
     // Loaded here, so that `episodic run` does not pay for the HTTP stack.
@@ -233,7 +237,8 @@ const serveEnv = Command.make(
         maxSessions: flags.maxSessions,
         idleTimeoutMs: flags.idleTimeoutMs,
         maxBodyBytes: flags.maxBodyBytes,
-        token: Option.getOrUndefined(flags.token) ?? (process.env["EPISODIC_ENV_TOKEN"] || undefined)
+        token: Option.getOrUndefined(flags.token) ?? (process.env["EPISODIC_ENV_TOKEN"] || undefined),
+        tokenizer: Option.getOrUndefined(flags.tokenizer)
       })
       yield* Console.log(
         `episodic serve-env ${definition.name}: listening on ${server.url} (WebSocket ${server.url.replace(/^http/, "ws")}/ws); Ctrl-C to stop`
@@ -253,6 +258,7 @@ const serveEnv = Command.make(
   Command.withDescription("Serve an environment over OpenEnv's protocol: POST /reset, POST /step, GET /state, GET /health, GET /schema, WebSocket /ws"),
   Command.withExamples([
     { command: "episodic serve-env grid-quest --port 8765", description: "Serve grid-quest on 127.0.0.1:8765" },
+    { command: "episodic serve-env chat --tokenizer models/tiny", description: "Serve chat as OpenEnv's chat_env: token ids in, messages and tokens out" },
     { command: "episodic serve-env my-env --environments my-env.ts --host 0.0.0.0", description: "Serve your own environment on every interface" }
   ])
 )
