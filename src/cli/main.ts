@@ -21,6 +21,7 @@ import { errorMessage } from "../errorMessage.ts"
 import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
 import * as Run from "../Run.ts"
 import { localModel } from "../remote-inference/run.ts"
+import { localModel } from "../remote-inference/run.ts"
 import { model } from "./model.ts"
 import { applyOverrides } from "./overrides.ts"
 import * as Watchers from "./watchers.ts"
@@ -263,9 +264,55 @@ const serveEnv = Command.make(
   ])
 )
 
+const serveModel = Command.make(
+  "serve",
+  {
+    model: Argument.String("model-dir").pipe(Argument.withDescription("The model directory to serve (config.json, tokenizer files, onnx/model.onnx)")),
+    port: Flag.Int("port").pipe(Flag.withDescription("Port to listen on; 0 picks a free one (default 8000)"), Flag.withDefault(8000)),
+    host: Flag.String("host").pipe(
+      Flag.withDescription("Address to bind: 127.0.0.1 (the default) is this machine only, 0.0.0.0 every interface"),
+      Flag.withDefault("127.0.0.1")
+    ),
+    maxBatchSize: Flag.Int("max-batch-size").pipe(Flag.withDescription("Sequences the actor decodes together at most (default 64)"), Flag.withDefault(64)),
+    token: Flag.String("token").pipe(
+      Flag.withDescription("Bearer token every request but /health must carry (default: $EPISODIC_INFERENCE_TOKEN, if set)"),
+      Flag.optional
+    )
+  },
+  Effect.fn(function*(flags) {
+    // Loaded here, so that `episodic run` does not pay for the HTTP stack.
+    const Server = yield* Effect.promise(() => import("../../actors/inference-server/index.ts"))
+    yield* Effect.scoped(Effect.gen(function*() {
+      const server = yield* Server.serve({
+        model: flags.model,
+        host: flags.host,
+        port: flags.port,
+        maxBatchSize: flags.maxBatchSize,
+        token: Option.getOrUndefined(flags.token) ?? (process.env["EPISODIC_INFERENCE_TOKEN"] || undefined)
+      })
+      yield* Console.log(`episodic serve ${server.model}: listening on ${server.url} (OpenAI /v1, vLLM /inference/v1/generate); Ctrl-C to stop`)
+      const stop = yield* Deferred.make<void>()
+      const onSignal = () => Deferred.doneUnsafe(stop, Exit.void)
+      process.on("SIGINT", onSignal)
+      process.on("SIGTERM", onSignal)
+      yield* Deferred.await(stop).pipe(Effect.ensuring(Effect.sync(() => {
+        process.off("SIGINT", onSignal)
+        process.off("SIGTERM", onSignal)
+      })))
+    }))
+    yield* Console.log("episodic serve: stopped")
+  })
+).pipe(
+  Command.withDescription("Serve a model with the inference actor over OpenAI's and vLLM's protocols: /v1/completions, /v1/chat/completions, /inference/v1/generate, /tokenize, /update_weights"),
+  Command.withExamples([
+    { command: "episodic serve models/micro --port 8000", description: "Serve the micro model on 127.0.0.1:8000" },
+    { command: "episodic run --model http://127.0.0.1:8000", description: "Generate a run's episodes on it" }
+  ])
+)
+
 const episodic = Command.make("episodic").pipe(
   Command.withDescription("Multi-turn reinforcement learning for language models: episodes, environments, trajectories"),
-  Command.withSubcommands([run, serveEnv, model])
+  Command.withSubcommands([run, serveEnv, serveModel, model])
 )
 
 const program = Command.run(episodic, { version: "0.1.0" }).pipe(Effect.provide(NodeServices.layer))
