@@ -36,6 +36,7 @@ export interface ExperimentConfig {
   /** Seeded rows from a registered environment ... */
   readonly environment?: {
     readonly name: string
+    /** Rows: the run plays `episodes x samplesPerRow` episodes (`--episodes` counts those). */
     readonly episodes: number
     readonly config?: Record<string, unknown>
   }
@@ -249,8 +250,19 @@ const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
   }
 }
 
-/** Fills in defaults and checks every field; the error names the first bad one. */
+/** The fields that carry functions beside the resolved experiment, by the path of their object. */
+const carried = { "": ["policy", "environments"], trainer: ["reward"], "trainer.warmStart": ["policy"] }
+const fields: ReadonlyArray<string> = [...Object.keys(ResolvedExperiment.fields), ...carried[""]]
+
+/**
+ * Fills in defaults and checks every field; the error names the first bad one. A field episodic does not
+ * know (a typo, a field of a newer version) is refused rather than ignored.
+ */
 export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
+  const unknown = Object.keys(config).find((key) => !fields.includes(key))
+  if (unknown !== undefined) {
+    throw new ExperimentError({ message: `experiment "${String(config.name)}": unknown field \`${unknown}\`; the fields are ${fields.join(", ")}` })
+  }
   if ((config.environment === undefined) === (config.dataset === undefined)) {
     throw new ExperimentError({ message: "experiment: give exactly one of `environment` (seeded rows) or `dataset` (a file)" })
   }
@@ -295,7 +307,7 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
   if (config.trainer !== undefined && config.policy !== undefined) {
     throw new ExperimentError({ message: "experiment: `trainer` trains the model, so the experiment cannot also set a hand-written `policy`" })
   }
-  const resolved = decodeOrProblem(ResolvedExperiment, candidate)
+  const resolved = decodeOrProblem(ResolvedExperiment, candidate, { closed: true, carried })
   if (Result.isFailure(resolved)) {
     throw new ExperimentError({ message: `experiment "${String(config.name)}": ${resolved.failure}` })
   }

@@ -300,8 +300,9 @@ const rollout = (
       })
     }
     const ran = summary()
-    monitor.setPhase("evaluation")
-    const evaluation = experiment.evaluation !== undefined && !ran.interrupted
+    const evaluates = experiment.evaluation !== undefined && !ran.interrupted
+    if (evaluates) monitor.setPhase("evaluation")
+    const evaluation = evaluates
       ? yield* evaluate(experiment, registry, path.join(directory, "eval", "trajectories.jsonl"), options.stop)
       : undefined
     // The curves as images, readable without the dashboard.
@@ -312,6 +313,7 @@ const rollout = (
     const evaluated: Summary = evaluation === undefined
       ? ran
       : { ...ran, eval_success: evaluation.success_rate, eval_mean_reward: evaluation.mean_reward, evaluation }
+    monitor.finish()
     const result: Summary = training === undefined
       ? evaluated
       : { ...evaluated, warmstart_success: training.warmstart_success, wall_seconds: monitor.snapshot().elapsedSeconds, training }

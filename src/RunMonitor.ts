@@ -21,10 +21,16 @@ export interface InferenceGauges {
   readonly maxBatchSize: number
 }
 
+export type RunPhase = "warm start" | "run" | "evaluation" | "done"
+
 export interface RunSnapshot {
   readonly name: string
-  /** "run" while the run's episodes play, "evaluation" while held-out seeds do. */
-  readonly phase: "run" | "evaluation" | "warm start"
+  /**
+   * "warm start" while its demonstrations play and SFT runs, "run" while the run's episodes play,
+   * "evaluation" while held-out seeds do, "done" once the run has ended (its clock stopped).
+   */
+  readonly phase: RunPhase
+  /** The run's time so far, or its whole time once it is done. */
   readonly elapsedSeconds: number
   /** Finished episodes, and how many the run will have (undefined when not known up front). */
   readonly done: number
@@ -138,7 +144,8 @@ export class RunMonitor {
   #tokenDrift = 0
   #window = { episodes: 0, reward: 0, successes: 0, generated: 0, startedSeconds: 0 }
   #inference: InferenceGauges | undefined
-  #phase: "run" | "evaluation" | "warm start" = "run"
+  #phase: RunPhase = "run"
+  #ended: number | undefined
   #training: TrainingPoint | undefined
 
   constructor(name: string, total: number | undefined, recentLimit = 50) {
@@ -182,8 +189,14 @@ export class RunMonitor {
     for (const listener of this.#listeners) listener(trajectory)
   }
 
-  setPhase(phase: "run" | "evaluation" | "warm start"): void {
+  setPhase(phase: Exclude<RunPhase, "done">): void {
     this.#phase = phase
+  }
+
+  /** The run has ended: its clock stops, and watchers (the progress line, the dashboard) say so. */
+  finish(): void {
+    this.#phase = "done"
+    this.#ended ??= Date.now()
   }
 
   /** The trainer's latest update; the next metrics points carry it. */
@@ -206,7 +219,7 @@ export class RunMonitor {
   }
 
   snapshot(): RunSnapshot {
-    const elapsed = (Date.now() - this.#started) / 1000
+    const elapsed = ((this.#ended ?? Date.now()) - this.#started) / 1000
     const states: Record<string, number> = { pending: 0, generating: 0, interacting: 0 }
     for (const state of this.#states.values()) states[state] = (states[state] ?? 0) + 1
     const rate = elapsed > 0 ? this.#done / elapsed : 0

@@ -68,7 +68,7 @@ describe("episodic run", () => {
     const cwd = workdir()
     // The default experiment, shrunk by flags: 2 prompts x 8 samples (one update), a 2-step warm start.
     const shrink = ["--set", "trainer.warmStart.episodes=8", "--set", "trainer.warmStart.steps=2", "--set", "evaluation.episodes=4"]
-    const result = await episodic(["run", "--episodes", "2", "--set", "trainer.promptsPerUpdate=2", ...shrink], cwd)
+    const result = await episodic(["run", "--episodes", "16", "--set", "trainer.promptsPerUpdate=2", ...shrink], cwd)
     expect(result.code, result.stderr).toBe(0)
     expect(result.stderr + result.stdout).toMatch(/making the micro model at .*models\/micro \(first use\)/)
     expect(result.stdout).toMatch(/trainer: TensorFlow.js backend wasm/)
@@ -92,7 +92,7 @@ describe("episodic run", () => {
     for (const plot of ["reward.png", "success.png", "loss.png", "trainer-times.png"]) expect(existsSync(path.join(run, plot))).toBe(true)
     expect(existsSync(path.join(run, "checkpoint", "onnx", "model.onnx"))).toBe(true)
     // The second run finds the model and does not make it again; the checkpoint runs as a model.
-    const again = await episodic(["run", "--episodes", "1", "--set", "trainer.promptsPerUpdate=1", ...shrink, "--name", "again", "--model", path.join(run, "checkpoint")], cwd)
+    const again = await episodic(["run", "--episodes", "8", "--set", "trainer.promptsPerUpdate=1", ...shrink, "--name", "again", "--model", path.join(run, "checkpoint")], cwd)
     expect(again.code, again.stderr).toBe(0)
     expect(again.stderr + again.stdout).not.toMatch(/first use/)
   })
@@ -108,6 +108,33 @@ export default defineExperiment({ name: "no-model", model: "models/nowhere", env
     expect(result.stderr.trim().split("\n")).toHaveLength(1)
     expect(result.stderr).toMatch(/needs a model at .*models\/nowhere .*npx episodic model init --out models\/nowhere/)
     expect(existsSync(path.join(dir, "runs"))).toBe(false)
+  })
+
+  it("refuses an experiment file with a field it does not know, in one line naming the field", async () => {
+    const dir = workdir()
+    const file = path.join(dir, "typo.ts")
+    writeFileSync(file, `import { defineExperiment } from ${JSON.stringify(index)}
+export default defineExperiment({ name: "typo", model: "models/tiny", agnet: "scripted", environment: { name: "grid-quest", episodes: 3 } } as any)
+`)
+    const result = await episodic(["run", file], dir)
+    expect(result.code).toBe(1)
+    expect(result.stderr.trim().split("\n")).toHaveLength(1)
+    expect(result.stderr).toMatch(/^episodic: experiment "typo": unknown field `agnet`; the fields are name, model, /)
+    expect(existsSync(path.join(dir, "runs"))).toBe(false)
+  })
+
+  it("--episodes counts episodes, not rows, and refuses a count that is not whole groups", async () => {
+    const out = workdir()
+    // arithmetic plays 4 samples per row: 6 episodes are not whole groups, refused before anything runs.
+    const refused = await episodic(["run", "experiments/arithmetic.ts", "--episodes", "6", "--out", out])
+    expect(refused.code).toBe(1)
+    expect(refused.stderr).toMatch(/--episodes 6: this experiment plays 4 episodes per row \(samplesPerRow\), so give a multiple of 4/)
+    const result = await episodic(["run", "experiments/grid-quest-solver.ts", "--episodes", "12", "--samples-per-row", "3", "--out", out, "--name", "groups"])
+    expect(result.code, result.stderr).toBe(0)
+    expect(result.stdout).toMatch(/done: 12 episodes/)
+    expect(readRecords(path.join(out, "groups", "trajectories.jsonl"))).toHaveLength(12)
+    const help = await episodic(["run", "--help"])
+    expect(help.stdout).toMatch(/--episodes integer +Episodes to run, a multiple of samplesPerRow/)
   })
 
   it("overrides any field from flags, writes metrics, plots and Parquet, and runs a run directory again", async () => {

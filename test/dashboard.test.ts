@@ -8,6 +8,7 @@ import { Effect, Layer, Stream } from "effect"
 import sparticuz from "@sparticuz/chromium"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { progressLine } from "../src/cli/progress.ts"
 import { startDashboard } from "../src/dashboard/index.ts"
 import type { TrajectoryDetail } from "../src/dashboard/TrajectoryView.ts"
 import { Engine } from "../src/Engine.ts"
@@ -209,6 +210,7 @@ describe("dashboard", () => {
     const model = await tinyModel(0)
     const out = mkdtempSync(path.join(tmpdir(), "episodic-dashboard-train-"))
     let dashboard: Awaited<ReturnType<typeof startDashboard>> | undefined
+    let running: RunMonitor | undefined
     const started = new Promise<void>((resolve) => {
       void runExperiment(defineExperiment({
         name: "dashboard-train",
@@ -221,6 +223,7 @@ describe("dashboard", () => {
         out
       }), {
         onStart: (_, monitor) => {
+          running = monitor
           void startDashboard({ monitor, tokenizer }).then((d) => {
             dashboard = d
             resolve()
@@ -244,6 +247,16 @@ describe("dashboard", () => {
         )
         expect(await page.getByTestId(chart).isVisible()).toBe(true)
       }
+      // The run had no held-out evaluation: once it ends, the page and the progress line say it is done, and
+      // its clock stops.
+      await page.waitForFunction(() => document.querySelector('[data-testid="eta"]')?.textContent === "done")
+      const elapsed = await text(page, "elapsed")
+      await sleep(2_500)
+      expect(await text(page, "elapsed")).toBe(elapsed)
+      expect(await text(page, "eta")).toBe("done")
+      const line = progressLine(running!.snapshot())
+      expect(line).toMatch(/^done · episodes 16\/16 100% · .* · took \d+s$/)
+      expect(line).not.toMatch(/evaluating/)
     } finally {
       await page.close()
       await dashboard?.close()

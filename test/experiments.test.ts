@@ -11,7 +11,7 @@ import * as path from "node:path"
 import arithmetic from "../experiments/arithmetic.ts"
 import chat from "../experiments/chat.ts"
 import { applyOverrides, setPath } from "../src/cli/overrides.ts"
-import { ExperimentError, resolve } from "../src/Experiment.ts"
+import { type ExperimentConfig, ExperimentError, resolve } from "../src/Experiment.ts"
 import type { RunEvent } from "../src/Run.ts"
 import { runExperiment } from "../src/runExperiment.ts"
 import { tinyModel } from "./support.ts"
@@ -101,7 +101,7 @@ describe("runExperiment (the Promise facade)", () => {
 describe("overriding an experiment's fields", () => {
   it("sets nested fields with --set, parsing JSON values, and named flags", () => {
     const config = applyOverrides(arithmetic, {
-      episodes: 5,
+      episodes: 20,
       temperature: "0.5",
       maxTurns: 4,
       set: { "sampling.topP": "0.8", "limits.timeoutMs": "1000", name: "renamed", "environment.config": "{\"maxTurns\": 3}" }
@@ -114,6 +114,34 @@ describe("overriding an experiment's fields", () => {
     expect(resolved.name).toBe("renamed")
     // The experiment itself is not changed.
     expect(arithmetic.sampling).toEqual({ temperature: 1, topP: 0.95 })
+  })
+
+  it("--episodes is the number of episodes the run plays: rows x samples per row", () => {
+    // arithmetic plays 4 samples per row (a GRPO group): 256 episodes are 64 rows.
+    const resolved = resolve(applyOverrides(arithmetic, { episodes: 256 }))
+    expect(resolved.environment!.episodes * resolved.samplesPerRow).toBe(256)
+    expect(resolved.environment!.episodes).toBe(64)
+    // With --samples-per-row (or --set samplesPerRow) too, the count is of the new groups.
+    const regrouped = resolve(applyOverrides(arithmetic, { episodes: 16, samplesPerRow: 8 }))
+    expect(regrouped.environment!.episodes * regrouped.samplesPerRow).toBe(16)
+    expect(() => applyOverrides(arithmetic, { episodes: 250 })).toThrow(
+      /--episodes 250: this experiment plays 4 episodes per row \(samplesPerRow\), so give a multiple of 4/
+    )
+  })
+
+  it("refuses a field it does not know, in one line naming it and the fields there are", () => {
+    const typo = { ...arithmetic, agnet: "models/tiny" } as ExperimentConfig
+    expect(() => resolve(typo)).toThrow(/^experiment "arithmetic": unknown field `agnet`; the fields are name, model, .*limits, sampling, .*trainer, .*policy, environments$/)
+    expect(() => resolve({ ...arithmetic, limits: { maxTurnz: 3 } } as ExperimentConfig)).toThrow(
+      /unknown field `limits.maxTurnz`; the fields of `limits` are maxTurns, maxResponseTokens, maxNewTokens, timeoutMs$/
+    )
+    expect(() => resolve({ ...arithmetic, trainer: { optimizer: { schedule: { kind: "cosine", warmup: 10 } } } } as ExperimentConfig)).toThrow(
+      /unknown field `trainer.optimizer.schedule.warmup`; the fields of `trainer.optimizer.schedule` are kind, warmupSteps, totalSteps, minRatio$/
+    )
+    // The fields that carry functions are fields too.
+    expect(() => resolve({ ...arithmetic, trainer: { rewardFn: () => 1 } } as ExperimentConfig)).toThrow(/the fields of `trainer` are .*warmStart, reward$/)
+    // --set reaches the same check.
+    expect(() => resolve(applyOverrides(arithmetic, { set: { "sampling.temprature": "0.5" } }))).toThrow(/unknown field `sampling.temprature`/)
   })
 
   it("names the bad field", () => {

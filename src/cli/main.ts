@@ -69,7 +69,10 @@ const run = Command.make(
       ),
       Argument.optional
     ),
-    episodes: optionalInt("episodes", "Episodes to run (overrides the experiment's environment.episodes)"),
+    episodes: optionalInt(
+      "episodes",
+      "Episodes to run, a multiple of samplesPerRow: sets the experiment's rows (environment.episodes) to episodes / samplesPerRow"
+    ),
     concurrency: optionalInt("concurrency", "Episodes running at once"),
     seed: optionalInt("seed", "Run seed: seeds rows, environments and sampling"),
     out: optionalString("out", "Parent directory of the run directory (default: runs)"),

@@ -60,12 +60,19 @@ export const applyOverrides = (loaded: ExperimentConfig, flags: OverrideFlags): 
     set("sampling.temperature", temperature)
   }
   if (flags.parquet === true) set("outputs.parquet", true)
+  for (const [path, text] of Object.entries(flags.set ?? {})) set(path, parseValue(text))
   if (flags.episodes !== undefined) {
     if (loaded.environment === undefined) {
       throw new ExperimentError({ message: "--episodes needs an experiment with `environment`; this one reads a dataset" })
     }
-    set("environment.episodes", flags.episodes)
+    // `environment.episodes` counts rows, and each row plays samplesPerRow episodes (a GRPO group).
+    const samplesPerRow = typeof config["samplesPerRow"] === "number" ? config["samplesPerRow"] : 1
+    if (flags.episodes % samplesPerRow !== 0) {
+      throw new ExperimentError({
+        message: `--episodes ${flags.episodes}: this experiment plays ${samplesPerRow} episodes per row (samplesPerRow), so give a multiple of ${samplesPerRow}`
+      })
+    }
+    set("environment.episodes", flags.episodes / samplesPerRow)
   }
-  for (const [path, text] of Object.entries(flags.set ?? {})) set(path, parseValue(text))
   return config as unknown as ExperimentConfig
 }

@@ -22,8 +22,17 @@ export const progressLine = (s: RunSnapshot): string => {
     const t = s.training
     parts.push(`update ${t.updates} (v${t.version}) loss ${t.policy_loss.toFixed(3)} ${t.update_seconds.toFixed(1)}s sync ${Math.round(t.sync_seconds * 1000)}ms`)
   }
-  parts.push(s.etaSeconds === undefined || s.phase === "evaluation" ? `${duration(s.elapsedSeconds)} elapsed` : `ETA ${duration(s.etaSeconds)}`)
-  const phase = s.phase === "evaluation" ? "evaluating on held-out seeds · " : s.phase === "warm start" ? "warm start (demonstrations, SFT) · " : ""
+  parts.push(
+    s.phase === "done"
+      ? `took ${duration(s.elapsedSeconds)}`
+      : s.etaSeconds === undefined || s.phase === "evaluation" ? `${duration(s.elapsedSeconds)} elapsed` : `ETA ${duration(s.etaSeconds)}`
+  )
+  const phase = {
+    "warm start": "warm start (demonstrations, SFT) · ",
+    run: "",
+    evaluation: "evaluating on held-out seeds · ",
+    done: "done · "
+  }[s.phase]
   return phase + parts.join(" · ")
 }
 
