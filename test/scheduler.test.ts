@@ -66,3 +66,79 @@ describe("the batch scheduler's KV buffer", () => {
     }
   })
 })
+
+/**
+ * The tiny model behind a switch: `fault` decides, per forward pass (counted from 1), whether that pass
+ * throws, returns outputs of the wrong size (a copy that cannot be done), or never returns.
+ */
+const faulty = (fault: (call: number) => "throw" | "short" | "hang" | undefined) => {
+  let calls = 0
+  return {
+    shape: model.shape,
+    directory: model.directory,
+    reload: (bytes: Uint8Array) => model.reload(bytes),
+    forward: async (inputs: Parameters<OnnxCausalLM["forward"]>[0]) => {
+      const kind = fault(++calls)
+      if (kind === "throw") throw new Error(`injected failure in forward pass ${calls}`)
+      if (kind === "hang") return new Promise<never>(() => undefined)
+      const out = await model.forward(inputs)
+      return kind === "short" ? { ...out, newKeys: out.newKeys.map((k) => k.subarray(0, k.length - 1)) } : out
+    }
+  } as unknown as OnnxCausalLM
+}
+
+const options = { maxBatchSize: 4, maxPrefillTokens: 4096, cacheBudgetBytes: 1 << 26, maxPositions: 1024 }
+
+describe("the batch scheduler when something fails", () => {
+  const busyBatch = (prefix: string) => Array.from({ length: 10 }, (_, i) => greedyRequest(`${prefix}${i}`, context(i, 5 + i), 20))
+
+  for (const kind of ["throw", "short"] as const) {
+    it(`fails every request it holds at once when a forward pass ${kind === "throw" ? "throws" : "returns outputs of the wrong size"}, then serves the next ones exactly`, async () => {
+      // Ten requests on a batch of four: when the 6th pass fails, four are running and the rest are queued.
+      const scheduler = new BatchScheduler(faulty((call) => (call === 6 ? kind : undefined)), options)
+      const started = performance.now()
+      const settled = await Promise.allSettled(busyBatch("a").map((request) => scheduler.generate(request)))
+      expect(performance.now() - started).toBeLessThan(10_000)
+      const reasons = settled.map((s) => (s.status === "rejected" ? String(s.reason) : "resolved"))
+      expect(reasons.every((reason) => reason !== "resolved")).toBe(true)
+      expect(reasons[0]).toMatch(kind === "throw" ? /inference failed: injected failure in forward pass 6/ : /inference failed: the model's .* returned .* numbers of layer 0's new keys/)
+      expect(scheduler.inFlight).toBe(0)
+      expect(scheduler.stats.failures).toBe(1)
+      // The actor starts clean: the next requests decode exactly.
+      const next = busyBatch("b").slice(0, 6)
+      const results = await Promise.all(next.map((request) => scheduler.generate(request)))
+      for (const [i, request] of next.entries()) expect(await worstDifference(request, results[i]!)).toBeLessThan(1e-4)
+      await scheduler.close()
+    })
+  }
+
+  it("fails a request that makes no progress within the stall limit, naming it, instead of hanging", async () => {
+    const scheduler = new BatchScheduler(faulty((call) => (call === 3 ? "hang" : undefined)), { ...options, stallTimeoutMs: 300 })
+    const started = performance.now()
+    const settled = await Promise.allSettled(busyBatch("h").slice(0, 6).map((request) => scheduler.generate(request)))
+    expect(performance.now() - started).toBeLessThan(5_000)
+    const rejected = settled.flatMap((s) => (s.status === "rejected" ? [String(s.reason)] : []))
+    expect(rejected.length).toBe(6)
+    expect(rejected[0]).toMatch(/episode h0: no progress for \d+ ms while running/)
+    expect(rejected[4]).toMatch(/episode h4: no progress for \d+ ms while queued/)
+    expect(scheduler.inFlight).toBe(0)
+    expect(scheduler.stats.stalled).toBe(6)
+  })
+
+  it("ends a request cancelled while its prefill runs as aborted, and keeps no cache for it", async () => {
+    const scheduler = new BatchScheduler(model, options)
+    const request = greedyRequest("c", context(1, 40), 30)
+    const pending = scheduler.generate(request)
+    // The loop has started this request's prefill; the cancel arrives before it returns.
+    await Promise.resolve()
+    scheduler.cancel("c")
+    const result = await pending
+    expect(result.finishReason).toBe("aborted")
+    expect(result.tokenIds).toHaveLength(1)
+    // Its next turn cannot have a cache: it runs its whole context again.
+    const before = scheduler.stats.prefillTokens
+    await scheduler.generate(greedyRequest("c", [...request.contextIds, ...result.tokenIds, 7], 1))
+    expect(scheduler.stats.prefillTokens - before).toBe(request.contextIds.length + 2)
+    await scheduler.close()
+  })
+})

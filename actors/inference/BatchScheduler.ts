@@ -427,6 +427,17 @@ export class BatchScheduler {
     const started = performance.now()
     const out = await this.#model.forward(inputs)
     this.stats[kind === "prefill" ? "prefillMs" : "decodeMs"] += performance.now() - started
+    // Outputs of the wrong size would be copied into the wrong places (or silently clipped): refuse them.
+    const { numLayers, kvHeads, headDim, vocabSize } = this.#model.shape
+    const { batch, sequenceLength } = inputs
+    const expect = (what: string, actual: number | undefined, expected: number) => {
+      if (actual !== expected) throw new SchedulerError(`the model's ${kind} returned ${actual ?? "no"} numbers of ${what}, expected ${expected}`)
+    }
+    expect("logits", out.logits.length, batch * sequenceLength * vocabSize)
+    for (let layer = 0; layer < numLayers; layer++) {
+      expect(`layer ${layer}'s new keys`, out.newKeys[layer]?.length, batch * kvHeads * sequenceLength * headDim)
+      expect(`layer ${layer}'s new values`, out.newValues[layer]?.length, batch * kvHeads * sequenceLength * headDim)
+    }
     return out
   }
 
