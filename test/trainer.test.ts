@@ -41,10 +41,10 @@ const play = async (model: string, options: Partial<ExperimentConfig> = {}) => {
 }
 
 /** The twin's logprob of every generated token, trajectory by trajectory. */
-const twinLogprobs = (trainer: Trainer, trajectories: ReadonlyArray<Trajectory.Trajectory>, temperature: number) =>
+const twinLogprobs = (trainer: Trainer, trajectories: ReadonlyArray<Trajectory.Trajectory>, temperature: number, truncation?: { topK: number; topP: number }) =>
   trajectories.map((t) => {
     const scored = t.responseMask.flatMap((m, i) => (m === 1 ? [t.promptIds.length + i] : []))
-    return tf.tidy(() => Array.from(trainer.model.score({ sequences: [[...t.promptIds, ...t.responseIds]], scored: [scored] }, temperature).logprobs.dataSync()))
+    return tf.tidy(() => Array.from(trainer.model.score({ sequences: [[...t.promptIds, ...t.responseIds]], scored: [scored] }, temperature, truncation).logprobs.dataSync()))
   })
 
 const recorded = (t: Trajectory.Trajectory) => t.responseLogprobs.filter((_, i) => t.responseMask[i] === 1)
@@ -80,12 +80,25 @@ describe("the trainer's tfjs twin", () => {
     }
   })
 
+  it("scores top-k / top-p rollouts under the distribution they were drawn from, not the full softmax", async () => {
+    for (const sampling of [{ temperature: 1, topK: 5, topP: 1 }, { temperature: 0.8, topK: 0, topP: 0.6 }]) {
+      const trajectories = await play(model, { sampling })
+      const truncated = twinLogprobs(trainer, trajectories, sampling.temperature, sampling)
+      expect(maxDifference(truncated, trajectories.map(recorded))).toBeLessThan(1e-3)
+      // The full softmax at the temperature is a different distribution: it would misread every token.
+      expect(maxDifference(twinLogprobs(trainer, trajectories, sampling.temperature), trajectories.map(recorded))).toBeGreaterThan(1e-2)
+    }
+  })
+
   it("after an update, the actor serves the new weights under the new version, and its logprobs are the twin's", async () => {
     const trajectories = await play(model, { samplesPerRow: 4, environment: { name: "grid-quest", episodes: 2 } })
     const metrics = trainer.update(trajectories)
     expect(metrics.version).toBe(1)
-    // Before the step the weights were the rollout's: the mismatch metric is tiny.
+    // Before the step the weights were the rollout's: the mismatch metric is tiny, on every generated token.
     expect(metrics.logprob_diff_max).toBeLessThan(1e-3)
+    expect(metrics.logprob_diff_over_1e3).toBe(0)
+    expect(metrics.logprob_diff_tokens).toBe(trajectories.reduce((n, t) => n + recorded(t).length, 0))
+    expect(metrics.other_version_tokens).toBe(0)
     expect(metrics.grad_norm).toBeGreaterThan(0)
     const actor = await InferenceActor.start({ model, threads: 1 })
     try {
@@ -221,5 +234,14 @@ describe("a training run", () => {
       expected += splitByLag(records.filter((t) => t.id.startsWith(`u${k}-`)), k, 1).stale.length
     }
     expect(summary.training!.stale_dropped).toBe(expected)
+    // Weights swapped while batches were generated: the mismatch is measured only on the tokens the
+    // trainer's own weights produced, and none of those differs.
+    const trained = readFileSync(path.join(directory, "metrics.jsonl"), "utf8").trim().split("\n").map((line) => JSON.parse(line)).filter((p) => p.train !== undefined)
+    for (const point of trained) {
+      expect(point.train.logprob_diff_over_1e3).toBe(0)
+      expect(point.train.logprob_diff_max).toBeLessThan(1e-3)
+    }
+    const lastPoint = trained.at(-1).train
+    expect(lastPoint.logprob_diff_tokens + lastPoint.other_version_tokens).toBeGreaterThan(0)
   })
 })
