@@ -42,6 +42,9 @@ export interface TrainingSummary {
   readonly stale_dropped: number
   readonly mean_update_seconds: number
   readonly mean_sync_seconds: number
+  /** Over the run's updates: the largest rollout/trainer logprob difference, and the tokens over 1e-3, on tokens the trainer's own weights produced. */
+  readonly logprob_diff_max: number
+  readonly logprob_diff_over_1e3: number
   readonly checkpoint: string
 }
 
@@ -126,6 +129,8 @@ export const train = (input: TrainingInput) =>
     let warmstartSeconds: number | null = null
     let updateSeconds = 0
     let syncSeconds = 0
+    let diffMax = 0
+    let diffOver = 0
     const trainStarted = performance.now()
 
     const resumed = settings.resume ? Checkpoint.load(checkpointDirectory) : undefined
@@ -217,6 +222,8 @@ export const train = (input: TrainingInput) =>
       const syncTime = yield* sync()
       updates += 1
       updateSeconds += metrics.update_seconds
+      diffMax = Math.max(diffMax, metrics.logprob_diff_max)
+      diffOver += metrics.logprob_diff_over_1e3
       syncSeconds += syncTime
       const point: TrainingPoint = {
         version: trainer.version,
@@ -274,6 +281,8 @@ export const train = (input: TrainingInput) =>
       stale_dropped: staleDropped,
       mean_update_seconds: updates > 0 ? updateSeconds / updates : 0,
       mean_sync_seconds: updates > 0 ? syncSeconds / updates : 0,
+      logprob_diff_max: diffMax,
+      logprob_diff_over_1e3: diffOver,
       checkpoint: checkpointDirectory
     } satisfies TrainingSummary
   })

@@ -21,7 +21,6 @@ import { errorMessage } from "../errorMessage.ts"
 import { ExperimentError, resolve, type ExperimentConfig } from "../Experiment.ts"
 import * as Run from "../Run.ts"
 import { localModel } from "../remote-inference/run.ts"
-import { localModel } from "../remote-inference/run.ts"
 import { model } from "./model.ts"
 import { applyOverrides } from "./overrides.ts"
 import * as Watchers from "./watchers.ts"
@@ -169,6 +168,7 @@ const run = Command.make(
           : `training: ${summary.training.updates} updates to version ${summary.training.version} on ${summary.training.backend}, ` +
             `${summary.training.mean_update_seconds.toFixed(2)} s per update, ${(summary.training.mean_sync_seconds * 1000).toFixed(0)} ms per weight sync` +
             (summary.warmstart_success === null || summary.warmstart_success === undefined ? "" : `; warm-start success ${summary.warmstart_success.toFixed(3)}`) +
+            `\n  rollout/trainer logprob difference: max ${summary.training.logprob_diff_max.toExponential(1)}, ${summary.training.logprob_diff_over_1e3} tokens over 1e-3` +
             `\n  checkpoint: ${summary.training.checkpoint}\n`) +
         `  ${directory}: trajectories.jsonl, metrics.jsonl, summary.json, config.json`
     )
