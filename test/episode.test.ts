@@ -3,6 +3,8 @@ import { Effect } from "effect"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import type { Environment } from "../src/Environment.ts"
 import * as Episode from "../src/Episode.ts"
+import { GenerationResult } from "../src/Generation.ts"
+import { Inference } from "../src/Inference.ts"
 import * as Trajectory from "../src/Trajectory.ts"
 import { limits, policyLayer, sampling } from "./support.ts"
 
@@ -60,5 +62,36 @@ describe("Episode.run", () => {
         "response_ids", "response_logprobs", "response_mask", "reward", "seed", "turn_rewards", "turns"
       ])
       assert.deepStrictEqual(Trajectory.decode(JSON.parse(JSON.stringify(json))), t)
+    }).pipe(Effect.provide(policyLayer(countingPolicy))))
+})
+
+describe("policy versions in the record", () => {
+  it.effect("keeps the version of every token when new weights arrive mid-turn, and one version per turn otherwise", () =>
+    Effect.gen(function*() {
+      const t = yield* Episode.run(spec(() => counter(2))).pipe(
+        // The backend reports per-token versions: the first turn spans a swap from version 3 to 4.
+        Effect.provideServiceEffect(Inference, Effect.gen(function*() {
+          const inner = yield* Inference
+          return Inference.of({
+            ...inner,
+            generate: (request) =>
+              Effect.map(inner.generate(request), (result) =>
+                new GenerationResult({
+                  ...result,
+                  policyVersion: request.turn === 0 ? 3 : 4,
+                  policyVersions: result.tokenIds.map((_, i) => (request.turn === 0 && i === 0 ? 3 : 4))
+                }))
+          })
+        }))
+      )
+      const assistant = t.turns.filter((turn) => turn.role === "assistant")
+      assert.strictEqual(assistant[0]!.policyVersion, 3)
+      assert.deepStrictEqual(assistant[0]!.policyVersions, [3, ...new Array(assistant[0]!.tokenEnd - assistant[0]!.tokenStart - 1).fill(4)])
+      assert.strictEqual(assistant[1]!.policyVersion, 4)
+      assert.strictEqual(assistant[1]!.policyVersions, undefined)
+      const json = Trajectory.encode(t) as unknown as { turns: Array<Record<string, unknown>> }
+      assert.deepStrictEqual(json.turns[0]!.policy_versions, assistant[0]!.policyVersions)
+      assert.strictEqual("policy_versions" in json.turns[2]!, false)
+      assert.deepStrictEqual(Trajectory.decode(JSON.parse(JSON.stringify(json))).turns, t.turns)
     }).pipe(Effect.provide(policyLayer(countingPolicy))))
 })
