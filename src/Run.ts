@@ -16,6 +16,7 @@ import { InferenceActor } from "../actors/inference/index.ts"
 import * as Checkpoint from "../actors/trainer/checkpoint.ts"
 import type { InferenceError } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
+import { hasModel } from "./model/huggingFace.ts"
 import { initModel } from "./model/init.ts"
 import * as JsonlWriter from "./JsonlWriter.ts"
 import * as TextPolicy from "./TextPolicy.ts"
@@ -103,12 +104,12 @@ const inferenceFor = (
     // if the experiment says how.
     const missing = config.policy !== undefined
       ? !existsSync(path.join(directory, "tokenizer.json"))
-      : !existsSync(path.join(directory, "onnx", "model.onnx"))
+      : !hasModel(directory)
     if (missing) {
       const init = experiment.modelInit
       if (init === undefined) {
         return yield* new ExperimentError({
-          message: `experiment "${experiment.name}" needs a model at ${directory} (no ${config.policy === undefined ? "onnx/model.onnx" : "tokenizer.json"} there); make one with \`npx episodic model init --out ${experiment.model}\``
+          message: `experiment "${experiment.name}" needs a model at ${directory} (no ${config.policy === undefined ? "onnx/model.onnx or safetensors weights" : "tokenizer.json"} there); make one with \`npx episodic model init --out ${experiment.model}\``
         })
       }
       yield* Effect.logInfo(`making the ${init.preset} model at ${directory} (first use)`)

@@ -7,6 +7,7 @@ import * as ort from "onnxruntime-node"
 import onnxProto from "onnx-proto"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
+import { graphFor } from "../../src/model/huggingFace.ts"
 
 export type ExecutionProvider = "cpu" | "cuda"
 
@@ -158,15 +159,25 @@ export class OnnxCausalLM {
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
   }
 
-  /** Loads `<directory>/onnx/model.onnx` (or the file given). */
+  /**
+   * Loads the directory's graph (or the file given): `onnx/model.onnx`, or for a Hugging Face checkpoint the
+   * graph episodic exports from its weights and caches (src/model/huggingFace.ts).
+   */
   static async load(
     directory: string,
     options: { readonly provider?: ExecutionProvider; readonly threads?: number; readonly file?: string } = {}
   ): Promise<OnnxCausalLM> {
     const absolute = path.resolve(directory)
-    const file = options.file ?? path.join(absolute, "onnx", "model.onnx")
-    if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const shape = readShape(absolute)
+    let file = options.file
+    if (file === undefined) {
+      try {
+        file = graphFor(absolute).file
+      } catch (cause) {
+        throw new ModelLoadError(`${cause instanceof Error ? cause.message : String(cause)} (make a model with \`npx episodic model init --out ${directory}\`)`)
+      }
+    }
+    if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const created = await createSession(actorGraph(readFileSync(file)), options.provider ?? "cpu", options.threads)
     return new OnnxCausalLM(absolute, shape, created, options.threads)
   }

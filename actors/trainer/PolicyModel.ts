@@ -1,7 +1,10 @@
 /**
- * The trainer's twin of the policy: the same Llama-style decoder the ONNX exporter writes (RMSNorm, RoPE in
- * Hugging Face's rotate-half layout, grouped-query attention, SwiGLU, untied head), in TensorFlow.js, from
- * the same `model.safetensors`. It computes the log-probability of every recorded token, differentiably.
+ * The trainer's twin of the policy: the same decoder the ONNX exporter writes (RMSNorm, RoPE in Hugging
+ * Face's rotate-half layout, grouped-query attention, SwiGLU), in TensorFlow.js, from the same weights. It
+ * computes the log-probability of every recorded token, differentiably. Each family quirk comes from the
+ * one description in src/model/family.ts, as in the exporter: q/k/v and o_proj biases, Qwen3's per-head
+ * q/k RMSNorm, head_dim apart from hidden / heads, tied embeddings (the head is the embedding's transpose,
+ * one variable, so its gradient is the sum of both uses), Llama 3's rotary scaling.
  *
  * Written for the wasm backend, the one that runs everywhere:
  * - Linear weights are kept as [in, out] and every matrix product is a plain 2-D `matMul`: the wasm backend
@@ -13,8 +16,7 @@
  *   are the environment's, and the head is the widest product in the model.
  */
 import * as tf from "@tensorflow/tfjs"
-import type { LlamaConfig } from "../../src/model/config.ts"
-import { ropeTables, weightShapes } from "../../src/model/onnxExport.ts"
+import { checkWeights, ropeTables, weightShapes, type ModelConfig } from "../../src/model/family.ts"
 import { keptTokens } from "../inference/sampling.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 
@@ -76,28 +78,39 @@ export interface ScoreOutput {
 let twins = 0
 
 export class PolicyModel {
-  readonly config: LlamaConfig
+  readonly config: ModelConfig
   /** Trainable variables by Hugging Face name (linear ones stored [in, out]), plus `value_head.weight` for PPO. */
   readonly variables: Map<string, tf.Variable>
-  readonly #rope: { readonly cos: tf.Tensor2D; readonly sin: tf.Tensor2D }
+  /** Rotary tables for the first positions, grown as longer sequences come. */
+  #rope: { readonly cos: tf.Tensor2D; readonly sin: tf.Tensor2D; readonly length: number } | undefined
 
-  private constructor(config: LlamaConfig, variables: Map<string, tf.Variable>) {
+  private constructor(config: ModelConfig, variables: Map<string, tf.Variable>) {
     this.config = config
     this.variables = variables
-    this.#rope = tf.tidy(() => ropeTensors(config))
+  }
+
+  /** cos and sin for positions [0, s), [s, head_dim] each: the exporter's angles (family.ts). */
+  #ropeFor(s: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+    if (this.#rope === undefined || this.#rope.length < s) {
+      this.#rope?.cos.dispose()
+      this.#rope?.sin.dispose()
+      const length = Math.min(this.config.maxPositions, Math.max(s, 2 * (this.#rope?.length ?? 128)))
+      const { cos, sin } = ropeTables(this.config, length)
+      this.#rope = { cos: tf.keep(tf.tensor2d(cos, [length, this.config.headDim])), sin: tf.keep(tf.tensor2d(sin, [length, this.config.headDim])), length }
+    }
+    const d = this.config.headDim
+    return { cos: tf.slice(this.#rope.cos, [0, 0], [s, d]), sin: tf.slice(this.#rope.sin, [0, 0], [s, d]) }
   }
 
   /** Builds the twin from a model's weights (as `model.safetensors` holds them); `valueHead` adds PPO's critic. */
-  static fromWeights(config: LlamaConfig, weights: Weights, options: { readonly valueHead?: boolean } = {}): PolicyModel {
-    if (config.tieWordEmbeddings) throw new Error("PolicyModel: tied word embeddings are not supported (the tiny and small presets are untied)")
+  static fromWeights(config: ModelConfig, weights: Weights, options: { readonly valueHead?: boolean } = {}): PolicyModel {
+    checkWeights(config, weights, "PolicyModel")
     const variables = new Map<string, tf.Variable>()
     // tfjs variable names are unique per process, and a process may hold several twins (a reference policy,
     // tests): each twin prefixes its own.
     const prefix = `twin${++twins}/`
     for (const [name, shape] of weightShapes(config)) {
-      const tensor = weights.get(name)
-      if (tensor === undefined) throw new Error(`PolicyModel: weight ${name} is missing`)
-      if (tensor.shape.join() !== shape.join()) throw new Error(`PolicyModel: ${name} has shape [${tensor.shape}], expected [${shape}]`)
+      const tensor = weights.get(name)!
       const value = tf.tensor(tensor.data, [...shape])
       const stored = transposed(name, shape) ? tf.transpose(value) : value
       variables.set(name, tf.variable(stored, true, `${prefix}${name}`))
@@ -177,16 +190,23 @@ export class PolicyModel {
     })
     const group = numHeads / kvHeads
 
-    const rmsNorm = (x: tf.Tensor2D, weight: tf.Tensor): tf.Tensor2D =>
+    const rmsNorm = <T extends tf.Tensor>(x: T, weight: tf.Tensor): T =>
       tf.mul(tf.div(x, tf.sqrt(tf.add(tf.mean(tf.square(x), -1, true), rmsNormEps))), weight)
+    const { qkvBias, outputBias, qkNorm } = this.config
+    /** A projection, plus its bias when the family has one. */
+    const project = (x: tf.Tensor2D, name: string, bias: boolean): tf.Tensor2D => {
+      const y = linear(x, this.#v(`${name}.weight`))
+      return bias ? tf.add(y, this.#v(`${name}.bias`)) : y
+    }
 
     // Right padding: a real token only sees earlier positions, all real, so a causal mask is the whole mask.
     const causal = tf.tidy(() => {
       const upper = tf.sub(tf.ones([s, s]), tf.linalg.bandPart(tf.ones([s, s]), -1, 0))
       return tf.mul(upper, -1e9)
     })
-    const cos = tf.slice(this.#rope.cos, [0, 0], [s, d]).reshape([1, s, 1, d])
-    const sin = tf.slice(this.#rope.sin, [0, 0], [s, d]).reshape([1, s, 1, d])
+    const tables = this.#ropeFor(s)
+    const cos = tables.cos.reshape([1, s, 1, d])
+    const sin = tables.sin.reshape([1, s, 1, d])
     const rotate = (x: tf.Tensor4D): tf.Tensor4D => {
       const [x1, x2] = tf.split(x, 2, 3)
       return tf.add(tf.mul(x, cos), tf.mul(tf.concat([tf.neg(x2!), x1!], 3), sin))
@@ -196,9 +216,12 @@ export class PolicyModel {
     for (let layer = 0; layer < numLayers; layer++) {
       const p = `model.layers.${layer}`
       const normed = rmsNorm(x, this.#v(`${p}.input_layernorm.weight`))
-      const q = rotate(linear(normed, this.#v(`${p}.self_attn.q_proj.weight`)).reshape([b, s, numHeads, d]))
-      const k = rotate(linear(normed, this.#v(`${p}.self_attn.k_proj.weight`)).reshape([b, s, kvHeads, d]))
-      const v = linear(normed, this.#v(`${p}.self_attn.v_proj.weight`)).reshape([b, s, kvHeads, d])
+      const qHeads = project(normed, `${p}.self_attn.q_proj`, qkvBias).reshape([b, s, numHeads, d]) as tf.Tensor4D
+      const kHeads = project(normed, `${p}.self_attn.k_proj`, qkvBias).reshape([b, s, kvHeads, d]) as tf.Tensor4D
+      // Qwen3: each head's query and key normalised over head_dim before the rotation.
+      const q = rotate(qkNorm ? rmsNorm(qHeads, this.#v(`${p}.self_attn.q_norm.weight`)) : qHeads)
+      const k = rotate(qkNorm ? rmsNorm(kHeads, this.#v(`${p}.self_attn.k_norm.weight`)) : kHeads)
+      const v = project(normed, `${p}.self_attn.v_proj`, qkvBias).reshape([b, s, kvHeads, d])
       // One product per key/value head: the group's query heads share its keys, as in the exporter.
       const qg = tf.transpose(q.reshape([b, s, kvHeads, group, d]), [0, 2, 3, 1, 4]).reshape([b * kvHeads, group * s, d])
       const kt = tf.transpose(k, [0, 2, 3, 1]).reshape([b * kvHeads, d, s])
@@ -207,14 +230,16 @@ export class PolicyModel {
       const attention = tf.softmax(tf.add(scores, causal), -1).reshape([b * kvHeads, group * s, s])
       const mixed = tf.matMul(attention, vg).reshape([b, kvHeads, group, s, d])
       const merged = tf.transpose(mixed, [0, 3, 1, 2, 4]).reshape([b * s, numHeads * d]) as tf.Tensor2D
-      x = tf.add<tf.Tensor2D>(x, linear(merged, this.#v(`${p}.self_attn.o_proj.weight`)))
+      x = tf.add<tf.Tensor2D>(x, project(merged, `${p}.self_attn.o_proj`, outputBias))
       const normed2 = rmsNorm(x, this.#v(`${p}.post_attention_layernorm.weight`))
       const gate = linear(normed2, this.#v(`${p}.mlp.gate_proj.weight`))
       const up = linear(normed2, this.#v(`${p}.mlp.up_proj.weight`))
       x = tf.add<tf.Tensor2D>(x, linear(tf.mul(tf.mul(gate, tf.sigmoid(gate)), up), this.#v(`${p}.mlp.down_proj.weight`)))
     }
     const hidden = rmsNorm(takeRows(x, tf.tensor1d(rows, "int32")), this.#v("model.norm.weight")) // [n, h]
-    const scaled = tf.div(linear(hidden, this.#v("lm_head.weight")), temperature)
+    // A tied head is the embedding table transposed: the same variable, so both uses train it.
+    const head = this.config.tieWordEmbeddings ? tf.transpose(this.#v("model.embed_tokens.weight")) : this.#v("lm_head.weight")
+    const scaled = tf.div(linear(hidden, head), temperature)
     const logits = truncation !== undefined && (truncation.topK > 0 || truncation.topP < 1) ? truncate(scaled as tf.Tensor2D, truncation) : scaled
     const logSoftmax = tf.logSoftmax(logits, -1)
     const picked = tf.sum(tf.mul(logSoftmax, tf.oneHot(tf.tensor1d(targets, "int32"), this.config.vocabSize)), -1)
@@ -225,8 +250,8 @@ export class PolicyModel {
 
   dispose(): void {
     for (const variable of this.variables.values()) variable.dispose()
-    this.#rope.cos.dispose()
-    this.#rope.sin.dispose()
+    this.#rope?.cos.dispose()
+    this.#rope?.sin.dispose()
   }
 }
 
@@ -253,10 +278,4 @@ const truncate = (logits: tf.Tensor2D, truncation: Truncation): tf.Tensor2D => {
     for (const token of keptTokens(row, weights, total, truncation.topK, truncation.topP)) mask[r * vocab + token] = 0
   }
   return tf.add(logits, tf.tensor2d(mask, [rows, vocab]))
-}
-
-/** The exporter's rotary tables, as tensors kept across tidy scopes. */
-const ropeTensors = (config: LlamaConfig): { cos: tf.Tensor2D; sin: tf.Tensor2D } => {
-  const { cos, sin } = ropeTables(config)
-  return { cos: tf.keep(tf.tensor2d(cos, [config.maxPositions, config.headDim])), sin: tf.keep(tf.tensor2d(sin, [config.maxPositions, config.headDim])) }
 }

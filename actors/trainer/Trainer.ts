@@ -225,7 +225,7 @@ export class Trainer {
   static async create(options: TrainerOptions): Promise<Trainer> {
     const backend = await selectBackend(options.backend)
     const config = readConfig(options.model)
-    const weights = Safetensors.read(`${options.model}/model.safetensors`)
+    const weights = Safetensors.readModel(options.model)
     const ppo = options.algorithm?.estimator === "ppo"
     const model = PolicyModel.fromWeights(config, weights, { valueHead: ppo })
     const reference = (options.algorithm?.klCoef ?? 0) > 0 ? PolicyModel.fromWeights(config, weights) : undefined

@@ -4,11 +4,18 @@
  * needs: `value_head.safetensors` (PPO's critic), `optimizer.safetensors` (AdamW's moments) and
  * `trainer_state.json` (versions, updates, rows consumed).
  *
+ * A model trained from a Hugging Face checkpoint is saved in that checkpoint's layout: its config.json (every
+ * family field kept), its tokenizer files, the weights under the family's names (a tied model has no
+ * lm_head) in the dtype the source stored (bfloat16 stays bfloat16), so transformers and vLLM load it as
+ * they loaded the source. The float32 weights the trainer holds are kept beside them in
+ * `trainer_weights.safetensors` when the source dtype is narrower, so resuming loses nothing to rounding.
+ *
  * A checkpoint is written beside its final place and renamed over it, so a crash leaves the previous one
  * whole, never a torn one.
  */
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
+import { companionFiles } from "../../src/model/huggingFace.ts"
 import { writeOnnx } from "../../src/model/init.ts"
 import * as Safetensors from "../../src/model/safetensors.ts"
 import type { AdamWState } from "./optimizer.ts"
@@ -26,7 +33,8 @@ export interface TrainerState {
   readonly elapsedSeconds: number
 }
 
-const modelFiles = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+/** The trainer's own float32 weights, when model.safetensors holds them narrower. */
+const trainerWeightsFile = "trainer_weights.safetensors"
 
 /** Where a run keeps its checkpoint. */
 export const directoryOf = (runDirectory: string): string => path.join(runDirectory, "checkpoint")
@@ -39,14 +47,18 @@ export const save = (directory: string, trainer: Trainer, sourceModel: string, s
   const partial = `${directory}.partial`
   rmSync(partial, { recursive: true, force: true })
   mkdirSync(partial, { recursive: true })
-  for (const file of modelFiles) {
+  for (const file of companionFiles) {
     if (existsSync(path.join(sourceModel, file))) copyFileSync(path.join(sourceModel, file), path.join(partial, file))
   }
   const weights = trainer.model.weights()
   const valueHead = weights.get("value_head.weight")
   weights.delete("value_head.weight")
-  Safetensors.write(path.join(partial, "model.safetensors"), weights)
-  writeOnnx(partial, trainer.config, weights)
+  const dtype = Safetensors.modelFiles(sourceModel).length > 0 ? Safetensors.storedDtype(sourceModel) : "F32"
+  Safetensors.write(path.join(partial, "model.safetensors"), weights, dtype)
+  if (dtype !== "F32") Safetensors.write(path.join(partial, trainerWeightsFile), weights)
+  // The graph computes what model.safetensors holds (rounded to its dtype): a run from this directory starts
+  // its actor and its trainer on the same weights.
+  writeOnnx(partial, trainer.config, dtype === "F32" ? weights : Safetensors.read(path.join(partial, "model.safetensors")))
   if (valueHead !== undefined) Safetensors.write(path.join(partial, "value_head.safetensors"), new Map([["value_head.weight", valueHead]]))
   const optimizer = trainer.optimizerState()
   const moments = new Map<string, Safetensors.Tensor>()
@@ -75,7 +87,8 @@ export const load = (directory: string): Checkpoint | undefined => {
   if (!exists(directory)) return undefined
   const stateFile = path.join(directory, "trainer_state.json")
   const state = JSON.parse(readFileSync(stateFile, "utf8")) as TrainerState
-  const weights = Safetensors.read(path.join(directory, "model.safetensors"))
+  const exact = path.join(directory, trainerWeightsFile)
+  const weights = Safetensors.read(existsSync(exact) ? exact : path.join(directory, "model.safetensors"))
   const valueHeadFile = path.join(directory, "value_head.safetensors")
   if (existsSync(valueHeadFile)) for (const [name, tensor] of Safetensors.read(valueHeadFile)) weights.set(name, tensor)
   const moments = new Map<string, { m: Float32Array; v: Float32Array }>()

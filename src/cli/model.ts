@@ -1,12 +1,14 @@
 /**
  * `episodic model init`: makes a model directory from nothing (tokenizer, config, seeded weights, ONNX
- * graph), as the default experiment does on first use.
+ * graph), as the default experiment does on first use. `episodic model import`: checks a Hugging Face
+ * checkpoint, says what it found, and writes the inference actor's graph from its weights.
  */
 import { Console, Effect, Option } from "effect"
-import { Command, Flag } from "effect/cli"
+import { Argument, Command, Flag } from "effect/cli"
 import * as path from "node:path"
 import { errorMessage } from "../errorMessage.ts"
 import { presets, ModelConfigError, type Preset } from "../model/config.ts"
+import { importCheckpoint } from "../model/huggingFace.ts"
 import { initModel } from "../model/init.ts"
 
 const init = Command.make(
@@ -43,7 +45,33 @@ const init = Command.make(
   ])
 )
 
+const importCommand = Command.make(
+  "import",
+  {
+    directory: Argument.String("hf-dir").pipe(Argument.withDescription("A Hugging Face checkpoint: config.json, model.safetensors (or shards with model.safetensors.index.json), tokenizer files")),
+    out: Flag.String("out").pipe(
+      Flag.withDescription("Write a complete model directory here (tokenizer and config files, model.safetensors, onnx/model.onnx) instead of caching the graph beside the checkpoint"),
+      Flag.optional
+    )
+  },
+  Effect.fn(function*({ directory, out }) {
+    const started = performance.now()
+    const report = yield* Effect.try({
+      try: () => importCheckpoint(path.resolve(directory), Option.getOrUndefined(out)),
+      catch: (cause) => new ModelConfigError({ message: `cannot import ${path.resolve(directory)}: ${errorMessage(cause)}` })
+    })
+    for (const line of report.lines) yield* Console.log(line)
+    yield* Console.log(`graph: ${report.graph} (${((performance.now() - started) / 1000).toFixed(1)} s); \`--model ${Option.getOrElse(out, () => directory)}\` runs and trains it`)
+  })
+).pipe(
+  Command.withDescription("Check a Hugging Face checkpoint (Llama, Mistral, Qwen2, Qwen3), say what it is, and write its ONNX graph for the inference actor"),
+  Command.withExamples([
+    { command: "episodic model import ~/models/Qwen2.5-0.5B-Instruct", description: "Export the graph into the checkpoint's onnx/ (a run does this itself on first use)" },
+    { command: "episodic model import ~/models/SmolLM2-135M-Instruct --out models/smollm2", description: "A self-contained copy" }
+  ])
+)
+
 export const model = Command.make("model").pipe(
-  Command.withDescription("Make and inspect model directories"),
-  Command.withSubcommands([init])
+  Command.withDescription("Make, import and inspect model directories"),
+  Command.withSubcommands([init, importCommand])
 )

@@ -1,24 +1,15 @@
 /**
- * The Llama-family architecture description every model component agrees on: the exporter, the inference
- * actor and (later) the trainer's tfjs twin read the same `config.json` a Hugging Face directory carries.
+ * The architecture description every model component agrees on: the exporter, the inference actor and the
+ * trainer's tfjs twin read the same `config.json` a Hugging Face directory carries, through `family.ts`.
  */
-import { Schema } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
+import { describe, ModelConfigError, type ModelConfig } from "./family.ts"
 
-export interface LlamaConfig {
-  readonly vocabSize: number
-  readonly hiddenSize: number
-  readonly intermediateSize: number
-  readonly numLayers: number
-  readonly numHeads: number
-  readonly numKeyValueHeads: number
-  readonly headDim: number
-  readonly rmsNormEps: number
-  readonly ropeTheta: number
-  readonly maxPositions: number
-  readonly tieWordEmbeddings: boolean
-}
+export { ModelConfigError, type ModelConfig } from "./family.ts"
+
+/** The name the project used before other families: every model component takes any `ModelConfig`. */
+export type LlamaConfig = ModelConfig
 
 /** The sizes `episodic model init --preset` offers; the vocabulary comes from the tokenizer. */
 export const presets = {
@@ -39,38 +30,11 @@ export const presets = {
 
 export type Preset = keyof typeof presets
 
-export class ModelConfigError extends Schema.TaggedError<ModelConfigError>()("ModelConfigError", {
-  message: Schema.String
-}) {}
-
-const positiveInt = (raw: Record<string, unknown>, key: string, file: string): number => {
-  const value = raw[key]
-  if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
-    throw new ModelConfigError({ message: `${file}: "${key}" must be a positive integer, got ${JSON.stringify(value)}` })
-  }
-  return value
-}
-
-/** Reads a Hugging Face `config.json` (Llama, Qwen2/Qwen3 and Mistral use the same keys). */
-export const readConfig = (directory: string): LlamaConfig => {
+/** Reads a Hugging Face `config.json` (Llama, Mistral, Qwen2, Qwen3), refusing in one line what episodic cannot run. */
+export const readConfig = (directory: string): ModelConfig => {
   const file = path.join(directory, "config.json")
   if (!existsSync(file)) throw new ModelConfigError({ message: `${file} does not exist` })
-  const raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>
-  const numHeads = positiveInt(raw, "num_attention_heads", file)
-  const hiddenSize = positiveInt(raw, "hidden_size", file)
-  return {
-    vocabSize: positiveInt(raw, "vocab_size", file),
-    hiddenSize,
-    intermediateSize: positiveInt(raw, "intermediate_size", file),
-    numLayers: positiveInt(raw, "num_hidden_layers", file),
-    numHeads,
-    numKeyValueHeads: typeof raw.num_key_value_heads === "number" ? raw.num_key_value_heads : numHeads,
-    headDim: typeof raw.head_dim === "number" ? raw.head_dim : hiddenSize / numHeads,
-    rmsNormEps: typeof raw.rms_norm_eps === "number" ? raw.rms_norm_eps : 1e-6,
-    ropeTheta: typeof raw.rope_theta === "number" ? raw.rope_theta : 10_000,
-    maxPositions: typeof raw.max_position_embeddings === "number" ? raw.max_position_embeddings : 2048,
-    tieWordEmbeddings: raw.tie_word_embeddings === true
-  }
+  return describe(JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>, file)
 }
 
 /** The `config.json` transformers.js and Hugging Face transformers load as a LlamaForCausalLM. */

@@ -7,7 +7,8 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:f
 import * as path from "node:path"
 import { mulberry32 } from "../Seed.ts"
 import { configJson, presets, type LlamaConfig, type Preset } from "./config.ts"
-import { exportOnnx, weightShapes } from "./onnxExport.ts"
+import { weightShapes } from "./family.ts"
+import { exportOnnx } from "./onnxExport.ts"
 import * as Safetensors from "./safetensors.ts"
 import { environmentCorpus, trainTokenizer } from "./tokenizer.ts"
 
@@ -20,7 +21,7 @@ export interface InitOptions {
   readonly replace?: boolean
 }
 
-/** Weights drawn as Hugging Face initialises Llama: normal(0, 0.02) matrices, unit RMSNorm scales. */
+/** Weights drawn as Hugging Face initialises Llama: normal(0, 0.02) matrices, zero biases, unit RMSNorm scales. */
 export const randomWeights = (config: LlamaConfig, seed: number): Map<string, Safetensors.Tensor> => {
   const random = mulberry32(seed)
   // Box-Muller on the seeded uniform generator.
@@ -29,6 +30,7 @@ export const randomWeights = (config: LlamaConfig, seed: number): Map<string, Sa
   for (const [name, shape] of weightShapes(config)) {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1))
     if (name.endsWith("norm.weight")) data.fill(1)
+    else if (name.endsWith(".bias")) data.fill(0)
     else for (let i = 0; i < data.length; i++) data[i] = 0.02 * normal()
     weights.set(name, { shape, data })
   }
@@ -50,11 +52,16 @@ export const initModel = async (out: string, options: InitOptions = {}): Promise
   const tokenizer = trainTokenizer(await environmentCorpus(), options.vocabSize ?? 1024)
   const config: LlamaConfig = {
     ...preset,
+    family: "llama",
     vocabSize: tokenizer.vocabSize,
     headDim: preset.hiddenSize / preset.numHeads,
     rmsNormEps: 1e-5,
     ropeTheta: 10_000,
-    tieWordEmbeddings: false
+    rope: { type: "default" },
+    tieWordEmbeddings: false,
+    qkvBias: false,
+    outputBias: false,
+    qkNorm: false
   }
   const weights = randomWeights(config, options.seed ?? 0)
   // Build next to the target and rename, so an interrupted init leaves no half-made model behind.

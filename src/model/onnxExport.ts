@@ -12,11 +12,19 @@
  * the middle when it prefills several episodes with caches of different lengths), and position ids come in
  * as an input rather than being derived from the layout.
  *
+ * Every family quirk comes from the one description in `family.ts` (the trainer's twin reads the same):
+ * q/k/v and o_proj biases, Qwen3's per-head q/k RMSNorm, head_dim apart from hidden / heads, tied
+ * embeddings, and rotary frequencies with Llama 3's scaling. The rotary angles are computed in the graph
+ * from position_ids (position x inverse frequency in float32, as transformers does), so no table of
+ * max_position_embeddings rows is stored.
+ *
  * Only standard ONNX operators are used; ONNX Runtime's graph optimiser fuses what it can.
  */
 import onnxProto from "onnx-proto"
-import type { LlamaConfig } from "./config.ts"
+import { checkWeights, inverseFrequencies, weightShapes, type ModelConfig } from "./family.ts"
 import type { Weights } from "./safetensors.ts"
+
+export { ropeTables, weightShapes } from "./family.ts"
 
 const { onnx } = onnxProto
 type NodeProto = onnxProto.onnx.INodeProto
@@ -26,27 +34,6 @@ type AttributeProto = onnxProto.onnx.IAttributeProto
 const FLOAT = onnx.TensorProto.DataType.FLOAT
 const INT64 = onnx.TensorProto.DataType.INT64
 const BOOL = onnx.TensorProto.DataType.BOOL
-
-/** The Hugging Face names of a Llama model's weights, with their [out, in] shapes. */
-export const weightShapes = (config: LlamaConfig): Map<string, ReadonlyArray<number>> => {
-  const { hiddenSize: h, intermediateSize: m, numHeads, numKeyValueHeads, headDim: d, vocabSize: v } = config
-  const shapes = new Map<string, ReadonlyArray<number>>([["model.embed_tokens.weight", [v, h]]])
-  for (let i = 0; i < config.numLayers; i++) {
-    const p = `model.layers.${i}`
-    shapes.set(`${p}.input_layernorm.weight`, [h])
-    shapes.set(`${p}.self_attn.q_proj.weight`, [numHeads * d, h])
-    shapes.set(`${p}.self_attn.k_proj.weight`, [numKeyValueHeads * d, h])
-    shapes.set(`${p}.self_attn.v_proj.weight`, [numKeyValueHeads * d, h])
-    shapes.set(`${p}.self_attn.o_proj.weight`, [h, numHeads * d])
-    shapes.set(`${p}.post_attention_layernorm.weight`, [h])
-    shapes.set(`${p}.mlp.gate_proj.weight`, [m, h])
-    shapes.set(`${p}.mlp.up_proj.weight`, [m, h])
-    shapes.set(`${p}.mlp.down_proj.weight`, [h, m])
-  }
-  shapes.set("model.norm.weight", [h])
-  if (!config.tieWordEmbeddings) shapes.set("lm_head.weight", [v, h])
-  return shapes
-}
 
 const floatTensor = (name: string, dims: ReadonlyArray<number>, data: Float32Array): TensorProto => ({
   name,
@@ -66,21 +53,6 @@ const transpose2d = (data: Float32Array, rows: number, cols: number): Float32Arr
   const out = new Float32Array(data.length)
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c]!
   return out
-}
-
-/** The rotary tables indexed by position: cos and sin of position * theta^(-2i/d), each half repeated (HF's rotate_half layout). */
-export const ropeTables = (config: LlamaConfig): { cos: Float32Array; sin: Float32Array } => {
-  const { headDim: d, maxPositions: n, ropeTheta } = config
-  const cos = new Float32Array(n * d)
-  const sin = new Float32Array(n * d)
-  for (let p = 0; p < n; p++) {
-    for (let i = 0; i < d / 2; i++) {
-      const angle = p * Math.pow(ropeTheta, (-2 * i) / d)
-      cos[p * d + i] = cos[p * d + i + d / 2] = Math.cos(angle)
-      sin[p * d + i] = sin[p * d + i + d / 2] = Math.sin(angle)
-    }
-  }
-  return { cos, sin }
 }
 
 class GraphBuilder {
@@ -118,13 +90,9 @@ const valueInfo = (name: string, elemType: number, dims: ReadonlyArray<number | 
 })
 
 /** The ONNX model (serialised ModelProto bytes) computing `config`'s decoder with `weights`. */
-export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array => {
+export const exportOnnx = (config: ModelConfig, weights: Weights): Uint8Array => {
   const shapes = weightShapes(config)
-  for (const [name, shape] of shapes) {
-    const tensor = weights.get(name)
-    if (tensor === undefined) throw new Error(`exportOnnx: weight ${name} is missing`)
-    if (tensor.shape.join() !== shape.join()) throw new Error(`exportOnnx: ${name} has shape [${tensor.shape}], expected [${shape}]`)
-  }
+  checkWeights(config, weights, "exportOnnx")
   const { hiddenSize: h, numHeads, numKeyValueHeads: kvHeads, headDim: d, numLayers } = config
   const group = numHeads / kvHeads
   const g = new GraphBuilder()
@@ -149,6 +117,17 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     })
     return g.constant(floatTensor(`${name}.T`, [inputs, outs], data))
   }
+  /** Several bias vectors end to end, matching a fused weight's columns. */
+  const fusedBias = (name: string, parts: ReadonlyArray<string>) => {
+    const vectors = parts.map((part) => weights.get(part)!.data)
+    const data = new Float32Array(vectors.reduce((sum, v) => sum + v.length, 0))
+    let at = 0
+    for (const v of vectors) {
+      data.set(v, at)
+      at += v.length
+    }
+    return g.constant(floatTensor(name, [data.length], data))
+  }
   const split = (x: string, sizes: string) => {
     const outputs = [0, 1, 2].slice(0, sizes === gateUpSizes ? 2 : 3).map(() => g.fresh("split"))
     g.nodes.push({ opType: "Split", input: [x, sizes], output: outputs, name: g.fresh("Split"), attribute: [int("axis", -1)] })
@@ -167,12 +146,13 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     return g.node("Mul", [normalised, w])
   }
 
-  // Rotary tables gathered at each token's position, shaped to broadcast over heads.
-  const { cos, sin } = ropeTables(config)
-  const cosTable = g.constant(floatTensor("rope_cos", [config.maxPositions, d], cos))
-  const sinTable = g.constant(floatTensor("rope_sin", [config.maxPositions, d], sin))
-  const cosK = g.node("Unsqueeze", [g.node("Gather", [cosTable, "position_ids"]), shape64("axis_1", [1])]) // [B,1,S,D]
-  const sinK = g.node("Unsqueeze", [g.node("Gather", [sinTable, "position_ids"]), "axis_1"])
+  // Rotary angles at each token's position (float32 position x inverse frequency), shaped to broadcast over heads.
+  const inv = inverseFrequencies(config)
+  const positions = g.node("Unsqueeze", [g.node("Cast", ["position_ids"], [int("to", FLOAT)]), shape64("axis_last", [-1])]) // [B,S,1]
+  const half = g.node("Mul", [positions, g.constant(floatTensor("rope_inv_freq", [d / 2], inv))]) // [B,S,D/2]
+  const angles = g.node("Concat", [half, half], [int("axis", -1)]) // [B,S,D]
+  const cosK = g.node("Unsqueeze", [g.node("Cos", [angles]), shape64("axis_1", [1])]) // [B,1,S,D]
+  const sinK = g.node("Unsqueeze", [g.node("Sin", [angles]), "axis_1"])
   const cosQ = g.node("Unsqueeze", [cosK, "axis_1"]) // [B,1,1,S,D]
   const sinQ = g.node("Unsqueeze", [sinK, "axis_1"])
   const halves = shape64("rope_halves", [d / 2, d / 2])
@@ -215,12 +195,18 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     const hidden = rmsNorm(x, weight(`${p}.input_layernorm.weight`))
     // Queries as [B, kv_heads, group, S, D] so each group of query heads shares one key/value head by broadcasting.
     // One MatMul for q, k and v (and one for gate and up below): fewer, wider products run faster.
+    const projected = g.node("MatMul", [hidden, fusedWeight(`${p}.qkv`, [`${p}.self_attn.q_proj.weight`, `${p}.self_attn.k_proj.weight`, `${p}.self_attn.v_proj.weight`])])
     const [qFlat, kFlat, vFlat] = split(
-      g.node("MatMul", [hidden, fusedWeight(`${p}.qkv`, [`${p}.self_attn.q_proj.weight`, `${p}.self_attn.k_proj.weight`, `${p}.self_attn.v_proj.weight`])]),
+      config.qkvBias
+        ? g.node("Add", [projected, fusedBias(`${p}.qkv.bias`, [`${p}.self_attn.q_proj.bias`, `${p}.self_attn.k_proj.bias`, `${p}.self_attn.v_proj.bias`])])
+        : projected,
       qkvSizes
     ) as [string, string, string]
-    const q = g.node("Transpose", [g.node("Reshape", [qFlat, qShape])], [ints("perm", [0, 2, 3, 1, 4])])
-    const k = g.node("Transpose", [g.node("Reshape", [kFlat, kvShape])], [ints("perm", [0, 2, 1, 3])])
+    // Qwen3 normalises each head's query and key over head_dim before the rotation.
+    const qHeads = g.node("Reshape", [qFlat, qShape])
+    const kHeads = g.node("Reshape", [kFlat, kvShape])
+    const q = g.node("Transpose", [config.qkNorm ? rmsNorm(qHeads, weight(`${p}.self_attn.q_norm.weight`)) : qHeads], [ints("perm", [0, 2, 3, 1, 4])])
+    const k = g.node("Transpose", [config.qkNorm ? rmsNorm(kHeads, weight(`${p}.self_attn.k_norm.weight`)) : kHeads], [ints("perm", [0, 2, 1, 3])])
     const v = g.node("Transpose", [g.node("Reshape", [vFlat, kvShape])], [ints("perm", [0, 2, 1, 3])])
     const qRotated = g.node("Mul", [rotate(q, cosQ, sinQ), scale])
     // The new positions' keys and values are also outputs of their own (new_key_values.N.*): the inference
@@ -246,7 +232,8 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     ]) // [B,kv,group*S,D]
     const context = g.node("Reshape", [rows, groupsShape]) // [B,kv,group,S,D]
     const merged = g.node("Reshape", [g.node("Transpose", [context], [ints("perm", [0, 3, 1, 2, 4])]), outShape])
-    x = g.node("Add", [x, g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])])
+    const attended = g.node("MatMul", [merged, linearWeight(`${p}.self_attn.o_proj.weight`)])
+    x = g.node("Add", [x, config.outputBias ? g.node("Add", [attended, weight(`${p}.self_attn.o_proj.bias`)]) : attended])
     const post = rmsNorm(x, weight(`${p}.post_attention_layernorm.weight`))
     const [gate, up] = split(
       g.node("MatMul", [post, fusedWeight(`${p}.gate_up`, [`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`])]),
@@ -279,7 +266,7 @@ export const exportOnnx = (config: LlamaConfig, weights: Weights): Uint8Array =>
     irVersion: 8,
     producerName: "episodic",
     opsetImport: [{ domain: "", version: 17 }],
-    graph: { name: "llama", node: g.nodes, initializer: g.initializers, input: inputs, output: outputs }
+    graph: { name: config.family, node: g.nodes, initializer: g.initializers, input: inputs, output: outputs }
   })
   return onnx.ModelProto.encode(model).finish()
 }
