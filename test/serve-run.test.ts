@@ -122,5 +122,5 @@ describe("an experiment on episodic serve", () => {
     // The warm start's weights, synced to the server, play better there; GRPO's two updates keep most of it.
     assert.isAbove(trained.summary.warmstart_success!, before.summary.eval_success! + 0.2)
     assert.isAbove(trained.summary.eval_success!, before.summary.eval_success! + 0.1)
-  })
+  }, 300_000)
 })

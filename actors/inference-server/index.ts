@@ -149,7 +149,8 @@ interface Sampling {
 const readSampling = (body: Json, prefix: string, vocabSize: number, maxTokensDefault: number | undefined): Sampling => {
   const n = read.int(body, "n", `${prefix}n`, 1, (x) => x === 1, "1 (one completion per request)")
   void n
-  const stopTokenIds = body["stop_token_ids"] === undefined || body["stop_token_ids"] === null ? [] : read.ids(body["stop_token_ids"], `${prefix}stop_token_ids`, vocabSize)
+  const given = body["stop_token_ids"]
+  const stopTokenIds = given === undefined || given === null || (Array.isArray(given) && given.length === 0) ? [] : read.ids(given, `${prefix}stop_token_ids`, vocabSize)
   return {
     maxTokens: read.int(body, body["max_completion_tokens"] !== undefined ? "max_completion_tokens" : "max_tokens", `${prefix}max_tokens`, maxTokensDefault, (x) => x >= 1, "an integer >= 1"),
     temperature: read.number(body, "temperature", `${prefix}temperature`, 1, (x) => x >= 0, "a number >= 0"),
