@@ -102,10 +102,8 @@ export const train = (input: TrainingInput) =>
               // A decaying schedule without totalSteps is refused by the optimizer, naming the field.
               schedule: settings.optimizer.schedule as LearningRateSchedule
             },
-            // The recorded logprobs and the trainer's are of one distribution (raw ones from vLLM: temperature 1).
-            temperature: RemoteRun.trainerTemperature(experiment),
-            topK: experiment.sampling.topK,
-            topP: experiment.sampling.topP,
+            // The recorded logprobs and the trainer's are of one distribution (raw ones from vLLM: temperature 1, no truncation).
+            ...RemoteRun.trainerScoring(experiment),
             microBatchTokens: settings.microBatchTokens,
             backend: settings.backend,
             seed: experiment.seed

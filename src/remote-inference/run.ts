@@ -25,12 +25,22 @@ export const logprobKindOf = (experiment: ResolvedExperiment): LogprobKind => {
 }
 
 /**
- * The temperature the trainer scores at so that its logprobs and the recorded ones are of the same
- * distribution: the rollouts' temperature, or 1 when the servers record the raw model distribution (vLLM's
- * default), in which case the trainer's policy is the temperature-1 one (docs/remote-inference.md).
+ * How the trainer scores tokens so that its logprobs and the recorded ones are of the same distribution:
+ * the rollouts' temperature, top-k and top-p when the logprobs are of the sampled distribution; the
+ * temperature alone over the whole vocabulary for SGLang's; temperature 1 for raw ones (vLLM's default),
+ * in which case the trainer's policy is the temperature-1 one (docs/remote-inference.md).
  */
-export const trainerTemperature = (experiment: ResolvedExperiment): number =>
-  logprobKindOf(experiment) === "raw" ? 1 : experiment.sampling.temperature
+export const trainerScoring = (experiment: ResolvedExperiment): { readonly temperature: number; readonly topK: number; readonly topP: number } => {
+  const { temperature, topK, topP } = experiment.sampling
+  switch (logprobKindOf(experiment)) {
+    case "sampled":
+      return { temperature, topK, topP }
+    case "temperature":
+      return { temperature, topK: 0, topP: 1 }
+    case "raw":
+      return { temperature: 1, topK: 0, topP: 1 }
+  }
+}
 
 const probeText = "You are at (2, 3). The key is north; the door, east! 42 + 7 = 49."
 
