@@ -160,7 +160,7 @@ const reference = (fixture: Fixture, overrides: { readonly ignoreRopeScaling?: b
             let total = 0
             for (let t = 0; t <= position; t++) total += scores[t] = Math.exp(scores[t]! - max)
             for (let t = 0; t <= position; t++) {
-              for (let i = 0; i < d; i++) context[head * d + i] += (scores[t]! / total) * values[t]![kv * d + i]!
+              for (let i = 0; i < d; i++) context[head * d + i] = context[head * d + i]! + (scores[t]! / total) * values[t]![kv * d + i]!
             }
           }
           const attended = linear(context, `${p}.self_attn.o_proj.weight`, h, oBias ? `${p}.self_attn.o_proj.bias` : undefined)
@@ -451,8 +451,8 @@ describe("training a Hugging Face checkpoint through an experiment", () => {
       concurrency: 8,
       limits: { maxTurns: 1, maxNewTokens: 4 },
       sampling: { temperature: 1 },
-      // The warm start's SFT steps move the weights whatever the rewards (a random model's GRPO groups all
-      // score 0, so their advantages, and gradients, are 0).
+      // The warm start's SFT step moves the weights whatever the rewards (a random model scores the same on
+      // every grid-quest episode, so its GRPO advantages, and gradients, are 0).
       trainer: {
         promptsPerUpdate: 2,
         checkpointEvery: 2,
