@@ -40,6 +40,7 @@ export default async () => {
       requests: sum(rs, (r) => r.requests),
       settled: sum(rs, (r) => r.settled),
       tokens_checked: sum(rs, (r) => r.tokensChecked),
+      ambiguous_tokens: sum(rs, (r) => r.ambiguousTokens),
       worst_logprob_difference: Math.max(0, ...rs.map((r) => r.worstLogprobDifference)),
       worst_logit_difference: Math.max(0, ...rs.map((r) => r.worstLogitDifference)),
       swaps: sum(rs, (r) => r.swaps),
@@ -49,16 +50,17 @@ export default async () => {
     }
   })
   console.log(`\nscheduler soak: ${minutes} min, seeds ${firstSeed}..${seed - 1}, max batch sizes ${[...batchSizes].sort((a, b) => a - b).join(",")} (${availableParallelism()} cores, ${cpus()[0]?.model ?? "unknown CPU"})`)
-  console.log("| model | cases | requests | settled | tokens checked | worst logprob diff | worst logit diff | swaps | cancels | evictions | failed cases |")
-  console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  console.log("| model | cases | requests | settled | tokens checked | at a top-k/p cut | worst logprob diff | worst logit diff | swaps | cancels | evictions | failed cases |")
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for (const r of rows) {
-    console.log(`| ${r.model} | ${r.cases} | ${r.requests} | ${r.settled} | ${r.tokens_checked} | ${r.worst_logprob_difference.toExponential(2)} | ${r.worst_logit_difference.toExponential(2)} | ${r.swaps} | ${r.cancels} | ${r.evictions} | ${r.failed_cases} |`)
+    console.log(`| ${r.model} | ${r.cases} | ${r.requests} | ${r.settled} | ${r.tokens_checked} | ${r.ambiguous_tokens} | ${r.worst_logprob_difference.toExponential(2)} | ${r.worst_logit_difference.toExponential(2)} | ${r.swaps} | ${r.cancels} | ${r.evictions} | ${r.failed_cases} |`)
   }
   const failed = reports.filter((r) => r.failures.length > 0)
   console.log(JSON.stringify({
     bench: "soak", minutes, first_seed: firstSeed, last_seed: seed - 1,
     cases: reports.length, requests: sum(reports, (r) => r.requests), settled: sum(reports, (r) => r.settled),
     tokens_checked: sum(reports, (r) => r.tokensChecked),
+    ambiguous_tokens: sum(reports, (r) => r.ambiguousTokens),
     worst_logprob_difference: Math.max(0, ...reports.map((r) => r.worstLogprobDifference)),
     worst_logit_difference: Math.max(0, ...reports.map((r) => r.worstLogitDifference)),
     failed_seeds: failed.map((r) => r.seed), by_model: rows

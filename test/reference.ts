@@ -29,14 +29,16 @@ export interface SamplingSettings {
  * The log-probability of `token` under the distribution a sampler with these settings draws from:
  * softmax(logits / T) restricted to the top-k tokens, then to the smallest prefix (by probability) whose
  * mass reaches top-p, renormalised. Greedy (T = 0) is log softmax(logits). `slack` is the logit distance
- * under which two tokens count as tied at the cut (float noise between a batched and an unbatched pass can
- * reorder them); `undefined` is returned when the cut is that ambiguous, so the caller can skip the token.
+ * under which two tokens count as tied at the cut, and the share of the total mass within which the top-p
+ * threshold counts as met either way: a batched and an unbatched pass differ by about 1e-5 in the logits,
+ * which can move a token across the cut. `undefined` is returned when the cut is that ambiguous, so the
+ * caller can skip the token (a wrong key moves logits by far more than this).
  */
 export const sampledLogprob = (
   logits: ArrayLike<number>,
   token: number,
   settings: SamplingSettings,
-  slack = 1e-5
+  slack = 1e-4
 ): number | undefined => {
   const t = settings.temperature === 0 ? 1 : settings.temperature
   const n = logits.length
@@ -58,8 +60,12 @@ export const sampledLogprob = (
   }
   // The cut falls between order[kept - 1] and order[kept]: too close to call means the set is ambiguous.
   if (kept < n && Math.abs(logits[order[kept - 1]!]! - logits[order[kept]!]!) < slack) return undefined
-  // So does a top-p threshold met within float noise.
-  if (settings.topP < 1 && kept < k && Math.abs(mass - weight(order[kept - 1]!) - settings.topP * total) < slack * total) return undefined
+  // So does a top-p threshold met within float noise, on either side: the last kept token only just
+  // reached it, or the mass before it was only just short of it.
+  if (settings.topP < 1 && kept < k) {
+    const threshold = settings.topP * total
+    if (mass - threshold < slack * total || threshold - (mass - weight(order[kept - 1]!)) < slack * total) return undefined
+  }
   if (!order.slice(0, kept).includes(token)) return -Infinity
   return (logits[token]! - max) / t - Math.log(mass)
 }

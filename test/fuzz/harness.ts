@@ -93,6 +93,8 @@ export interface FuzzReport {
   readonly requests: number
   readonly settled: number
   readonly tokensChecked: number
+  /** Tokens at a top-k / top-p cut too close to call within float noise: their logprob is not compared (their logits are). */
+  readonly ambiguousTokens: number
   readonly worstLogprobDifference: number
   readonly worstLogitDifference: number
   readonly swaps: number
@@ -269,6 +271,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
 
   // Check every settled request against the references.
   let tokensChecked = 0
+  let ambiguous = 0
   let worstLogprob = 0
   let worstLogit = 0
   const finishReasons: Record<string, number> = {}
@@ -322,7 +325,10 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
         }
         if (request.temperature === 0 && !isArgmax(row, token, 1e-4)) failures.push(`${token_}: greedy token ${token} is not the reference's argmax`)
         const expected = sampledLogprob(row, token, request)
-        if (expected === undefined) return
+        if (expected === undefined) {
+          ambiguous += 1
+          return
+        }
         const difference = Math.abs(expected - outcome.logprobs[i]!)
         if (Number.isFinite(difference)) worstLogprob = Math.max(worstLogprob, difference)
         if (!(difference <= LOGPROB_TOLERANCE)) failures.push(`${token_}: logprob ${outcome.logprobs[i]} recorded, ${expected} from the reference`)
@@ -331,7 +337,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
   }
   return {
     seed, model: bench.kind, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
-    tokensChecked, worstLogprobDifference: worstLogprob, worstLogitDifference: worstLogit, swaps, cancels,
+    tokensChecked, ambiguousTokens: ambiguous, worstLogprobDifference: worstLogprob, worstLogitDifference: worstLogit, swaps, cancels,
     evictions: stats.evictions ?? 0, recomputedTokens: stats.recomputedTokens ?? 0, finishReasons, failures
   }
 }
