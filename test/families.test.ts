@@ -7,6 +7,7 @@
  * logprobs all match it; none is checked against another.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
@@ -383,6 +384,23 @@ describe("the actor's graph for a checkpoint", () => {
     }
     expect(Object.values(Safetensors.readHeader(path.join(out, "model.safetensors"))).every((entry) => entry.dtype === "BF16")).toBe(true)
     expect(graphFor(out)).toEqual({ file: path.join(out, "onnx", "model.onnx"), source: "episodic" })
+  })
+})
+
+describe("npx episodic model import", () => {
+  const bin = path.resolve(import.meta.dirname, "..", "bin", "episodic.js")
+
+  it("says what it found and where the graph is; an unsupported checkpoint gets one line naming the field", () => {
+    const fixture = synthesize("llama3", { dtype: "BF16", layers: 1, seed: 8 })
+    const found = spawnSync(process.execPath, [bin, "model", "import", fixture.directory], { encoding: "utf8" })
+    expect(found.status).toBe(0)
+    expect(found.stdout).toContain("llama: 1 layers, hidden 64, 4 heads (2 key/value), head_dim 16, MLP 128, vocabulary 128256, tied embeddings, rope theta 500000 llama3 (factor 32, low 1, high 4, original 64)")
+    expect(found.stdout).toContain("weights: model.safetensors, BF16")
+    expect(found.stdout).toMatch(/graph: .*onnx\/episodic-[0-9a-f]{16}\.onnx/)
+    writeFileSync(path.join(fixture.directory, "config.json"), JSON.stringify({ ...fixture.config, rope_scaling: { rope_type: "yarn", factor: 4 } }))
+    const refused = spawnSync(process.execPath, [bin, "model", "import", fixture.directory], { encoding: "utf8" })
+    expect(refused.status).not.toBe(0)
+    expect(refused.stdout + refused.stderr).toContain(`rope_scaling.rope_type "yarn" is not supported`)
   })
 })
 
