@@ -161,8 +161,8 @@ describe("episodic installed from its tarball into a new project", () => {
     writeFileSync(path.join(project, "echo.mjs"), readmeExample)
     writeFileSync(path.join(project, "types-check.ts"), typesCheck)
   }, INSTALL_MS)
-  // The project's node_modules is over a gigabyte.
-  afterAll(() => rmSync(work, { recursive: true, force: true }))
+  // The project's node_modules is over a gigabyte: removing it takes a while on a busy machine.
+  afterAll(() => rmSync(work, { recursive: true, force: true }), INSTALL_MS)
 
   it("ships the compiled build with types, the bin and engines, and no TypeScript sources", () => {
     const installed = path.join(project, "node_modules", "episodic")
