@@ -8,6 +8,7 @@ import onnxProto from "onnx-proto"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
 import { graphFor } from "../../src/model/huggingFace.ts"
+import { fromFloat16, toFloat16 } from "../../src/model/safetensors.ts"
 
 export type ExecutionProvider = "cpu" | "cuda"
 
@@ -90,12 +91,12 @@ export const actorGraph = (bytes: Uint8Array): Uint8Array => {
 
 /** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
 const createSession = async (
-  graph: Uint8Array,
+  graph: Uint8Array | string,
   provider: ExecutionProvider,
   threads: number | undefined
 ): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
   const create = (executionProviders: Array<string>) =>
-    ort.InferenceSession.create(graph, {
+    ort.InferenceSession.create(graph as Uint8Array, {
       graphOptimizationLevel: "all",
       ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
       // Idle compute threads sleep instead of spinning: between steps the episodes' own work (environments,
@@ -129,6 +130,10 @@ export class OnnxCausalLM {
   readonly #fetchesNewOnly: boolean
   readonly #keyName: (layer: number) => string
   readonly #valueName: (layer: number) => string
+  /** The merged decoder's `use_cache_branch` input (optimum's older `decoder_model_merged.onnx`). */
+  readonly #hasCacheBranch: boolean
+  /** Whether the graph's cache inputs are float16 (fp16 / q4f16 exports): converted at the boundary. */
+  readonly #float16: boolean
 
   private constructor(
     directory: string,
@@ -157,6 +162,9 @@ export class OnnxCausalLM {
       : ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
+    this.#hasCacheBranch = inputs.includes("use_cache_branch")
+    const past = created.session.inputMetadata.find((m) => m.name === this.#keyName(0))
+    this.#float16 = past !== undefined && past.isTensor && past.type === "float16"
   }
 
   /**
@@ -178,7 +186,10 @@ export class OnnxCausalLM {
       }
     }
     if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
-    const created = await createSession(actorGraph(readFileSync(file)), options.provider ?? "cpu", options.threads)
+    const bytes = readFileSync(file)
+    const graph = actorGraph(bytes)
+    // A graph we did not rewrite loads from its path, so external data files (`model.onnx_data`) beside it load too.
+    const created = await createSession(graph === bytes ? file : graph, options.provider ?? "cpu", options.threads)
     return new OnnxCausalLM(absolute, shape, created, options.threads)
   }
 
@@ -198,25 +209,31 @@ export class OnnxCausalLM {
       attention_mask: new ort.Tensor("int64", inputs.attentionMask, [b, p + s])
     }
     if (this.#hasPositionIds) feeds.position_ids = new ort.Tensor("int64", inputs.positionIds, [b, s])
+    if (this.#hasCacheBranch) feeds.use_cache_branch = new ort.Tensor("bool", Uint8Array.of(p > 0 ? 1 : 0), [1])
+    const cache = (data: Float32Array) =>
+      this.#float16
+        ? float16Tensor(toFloat16Bits(data), [b, kvHeads, p, headDim])
+        : new ort.Tensor("float32", data, [b, kvHeads, p, headDim])
     for (let layer = 0; layer < numLayers; layer++) {
-      feeds[this.#keyName(layer)] = new ort.Tensor("float32", inputs.pastKeys[layer]!, [b, kvHeads, p, headDim])
-      feeds[this.#valueName(layer)] = new ort.Tensor("float32", inputs.pastValues[layer]!, [b, kvHeads, p, headDim])
+      feeds[this.#keyName(layer)] = cache(inputs.pastKeys[layer]!)
+      feeds[this.#valueName(layer)] = cache(inputs.pastValues[layer]!)
     }
     // Fetching the whole present cache costs more than the step itself (a copy into JavaScript of every
     // key and value); when the graph offers the new positions alone, only those cross over.
     const out = await this.#session.run(feeds, this.#fetches)
+    const float32 = (name: string) => asFloat32(out[name]!)
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
     for (let layer = 0; layer < numLayers; layer++) {
       if (this.#fetchesNewOnly) {
-        newKeys.push(out[`new_key_values.${layer}.key`]!.data as Float32Array)
-        newValues.push(out[`new_key_values.${layer}.value`]!.data as Float32Array)
+        newKeys.push(float32(`new_key_values.${layer}.key`))
+        newValues.push(float32(`new_key_values.${layer}.value`))
       } else {
-        newKeys.push(lastPositions(out[`present.${layer}.key`]!.data as Float32Array, b * kvHeads, p + s, s, headDim))
-        newValues.push(lastPositions(out[`present.${layer}.value`]!.data as Float32Array, b * kvHeads, p + s, s, headDim))
+        newKeys.push(lastPositions(float32(`present.${layer}.key`), b * kvHeads, p + s, s, headDim))
+        newValues.push(lastPositions(float32(`present.${layer}.value`), b * kvHeads, p + s, s, headDim))
       }
     }
-    return { logits: out.logits!.data as Float32Array, newKeys, newValues }
+    return { logits: float32("logits"), newKeys, newValues }
   }
 
   async release(): Promise<void> {
@@ -228,5 +245,34 @@ export class OnnxCausalLM {
 const lastPositions = (data: Float32Array, rows: number, length: number, count: number, headDim: number): Float32Array => {
   const out = new Float32Array(rows * count * headDim)
   for (let r = 0; r < rows; r++) out.set(data.subarray((r * length + length - count) * headDim, (r * length + length) * headDim), r * count * headDim)
+  return out
+}
+
+/**
+ * float16 at the boundary: the actor keeps its caches in float32 and converts for graphs with float16 I/O.
+ * onnxruntime-node's native side reads a float16 tensor's raw bits from a Uint16Array: it sees a Float16Array
+ * as empty ("not enough space: expected N, got 0"), yet where Float16Array exists (Node 24) ort.Tensor's
+ * constructor wraps a Uint16Array as one. So the tensor keeps the Uint16Array it was given.
+ */
+const float16Tensor = (bits: Uint16Array, dims: ReadonlyArray<number>): ort.Tensor => {
+  const tensor = new ort.Tensor("float16", bits, dims)
+  if (!(tensor.data instanceof Uint16Array)) (tensor as unknown as { cpuData: Uint16Array }).cpuData = bits
+  return tensor
+}
+
+const toFloat16Bits = (data: Float32Array): Uint16Array => {
+  const out = new Uint16Array(data.length)
+  for (let i = 0; i < data.length; i++) out[i] = toFloat16(data[i]!)
+  return out
+}
+
+const asFloat32 = (tensor: ort.Tensor): Float32Array => {
+  if (tensor.type === "float32") return tensor.data as Float32Array
+  if (tensor.type !== "float16") throw new ModelLoadError(`the ONNX graph's ${tensor.type} outputs are not supported (float32 or float16)`)
+  const data = tensor.data as ArrayLike<number>
+  // Node 24's Float16Array holds numbers already; a Uint16Array holds the bits.
+  if (!(data instanceof Uint16Array)) return Float32Array.from(data)
+  const out = new Float32Array(data.length)
+  for (let i = 0; i < data.length; i++) out[i] = fromFloat16(data[i]!)
   return out
 }
