@@ -116,6 +116,8 @@ export const ResolvedExperiment = Schema.Struct({
     cacheBudgetMiB: PositiveInt,
     provider: Schema.Literals(["cpu", "cuda"]),
     threads: Schema.optional(PositiveInt),
+    /** Which published graph to run, as transformers.js names them (`onnx/model_q4.onnx` for "q4"); see docs/models.md. */
+    dtype: Schema.optional(Schema.Literals(["fp32", "fp16", "int8", "uint8", "q8", "q4", "q4f16", "bnb4"])),
     remote: Schema.optional(RemoteInferenceSettings)
   }),
   modelInit: Schema.optional(Schema.Struct({

@@ -126,7 +126,8 @@ const inferenceFor = (
       maxPrefillTokens: settings.maxPrefillTokens,
       cacheBudgetBytes: settings.cacheBudgetMiB * 1024 ** 2,
       provider: settings.provider,
-      ...(settings.threads === undefined ? {} : { threads: settings.threads })
+      ...(settings.threads === undefined ? {} : { threads: settings.threads }),
+      ...(settings.dtype === undefined ? {} : { dtype: settings.dtype })
     })
   })
 

@@ -25,7 +25,7 @@ const maxPositionsOf = (directory: string): number => {
 }
 
 export const startCore = async (settings: ActorSettings): Promise<ActorCore> => {
-  const model = await OnnxCausalLM.load(settings.model, { provider: settings.provider, threads: settings.threads })
+  const model = await OnnxCausalLM.load(settings.model, { provider: settings.provider, threads: settings.threads, dtype: settings.dtype })
   const directory = model.directory
   const tokenizer = existsSync(path.join(directory, "tokenizer.json")) ? await loadTokenizer(directory) : undefined
   const maxPositions = maxPositionsOf(directory)

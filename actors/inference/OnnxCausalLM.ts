@@ -7,7 +7,7 @@ import * as ort from "onnxruntime-node"
 import onnxProto from "onnx-proto"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
-import { graphFor } from "../../src/model/huggingFace.ts"
+import { graphFor, publishedGraph, type GraphDtype } from "../../src/model/huggingFace.ts"
 import { fromFloat16, toFloat16 } from "../../src/model/safetensors.ts"
 
 export type ExecutionProvider = "cpu" | "cuda"
@@ -173,14 +173,14 @@ export class OnnxCausalLM {
    */
   static async load(
     directory: string,
-    options: { readonly provider?: ExecutionProvider; readonly threads?: number; readonly file?: string } = {}
+    options: { readonly provider?: ExecutionProvider; readonly threads?: number; readonly file?: string; readonly dtype?: GraphDtype | undefined } = {}
   ): Promise<OnnxCausalLM> {
     const absolute = path.resolve(directory)
     const shape = readShape(absolute)
     let file = options.file
     if (file === undefined) {
       try {
-        file = graphFor(absolute).file
+        file = options.dtype === undefined ? graphFor(absolute).file : publishedGraph(absolute, options.dtype)
       } catch (cause) {
         throw new ModelLoadError(`${cause instanceof Error ? cause.message : String(cause)} (make a model with \`npx episodic model init --out ${directory}\`)`)
       }

@@ -16,6 +16,7 @@ import { Worker } from "node:worker_threads"
 import { errorMessage } from "../../src/errorMessage.ts"
 import { GenerationResult, InferenceError, type GenerationRequest } from "../../src/Generation.ts"
 import { Inference } from "../../src/Inference.ts"
+import type { GraphDtype } from "../../src/model/huggingFace.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 import { startCore } from "./ActorCore.ts"
 import type { SchedulerRequest, SchedulerResult } from "./BatchScheduler.ts"
@@ -47,6 +48,11 @@ export interface InferenceActorOptions {
    * more than it gains the model.
    */
   readonly threads?: number
+  /**
+   * Run a published graph of the directory instead of episodic's: `onnx/model{_fp16,_int8,_uint8,_quantized,_q4,_q4f16,_bnb4}.onnx`
+   * as transformers.js's `dtype` option names them (generation only: weight updates use episodic's exporter).
+   */
+  readonly dtype?: GraphDtype
   /** "worker" (default) runs the model on its own thread; "main" on the calling thread, for debugging. */
   readonly thread?: "worker" | "main"
 }
@@ -71,7 +77,8 @@ const settingsOf = (options: InferenceActorOptions): ActorSettings => ({
   cacheBudgetBytes: options.cacheBudgetBytes ?? 1024 ** 3,
   stallTimeoutMs: options.stallTimeoutMs ?? 60_000,
   provider: options.provider ?? "cpu",
-  threads: options.threads ?? Math.max(1, availableParallelism() - 1)
+  threads: options.threads ?? Math.max(1, availableParallelism() - 1),
+  dtype: options.dtype
 })
 
 const toSchedulerRequest = (request: GenerationRequest): SchedulerRequest => ({

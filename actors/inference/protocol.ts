@@ -1,4 +1,5 @@
 /** Messages between the inference actor's handle (any thread) and its worker thread. */
+import type { GraphDtype } from "../../src/model/huggingFace.ts"
 import type { Weights } from "../../src/model/safetensors.ts"
 import type { SchedulerRequest, SchedulerResult, SchedulerStats } from "./BatchScheduler.ts"
 import type { ExecutionProvider, ModelShape } from "./OnnxCausalLM.ts"
@@ -11,6 +12,8 @@ export interface ActorSettings {
   readonly stallTimeoutMs: number
   readonly provider: ExecutionProvider
   readonly threads: number | undefined
+  /** A published graph chosen as transformers.js chooses it (src/model/huggingFace.ts `publishedGraph`). */
+  readonly dtype?: GraphDtype | undefined
 }
 
 export type Call =

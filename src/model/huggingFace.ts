@@ -136,6 +136,36 @@ export const graphFor = (directory: string): ResolvedGraph => {
   throw new Error(`${directory} has no onnx/model.onnx and no safetensors weights: is it a model directory?`)
 }
 
+/** transformers.js's `dtype` option and the file suffix it loads (`onnx/model{suffix}.onnx`). */
+export const graphSuffixes = {
+  fp32: "",
+  fp16: "_fp16",
+  int8: "_int8",
+  uint8: "_uint8",
+  q8: "_quantized",
+  q4: "_q4",
+  q4f16: "_q4f16",
+  bnb4: "_bnb4"
+} as const
+
+export type GraphDtype = keyof typeof graphSuffixes
+
+/**
+ * The published graph transformers.js loads for `dtype`: `onnx/model{suffix}.onnx`, or an older repository's
+ * `onnx/decoder_model_merged{suffix}.onnx`. Its external data (`{file}_data`, `_data_1`, ...) loads from beside it.
+ */
+export const publishedGraph = (directory: string, dtype: GraphDtype): string => {
+  const suffix = graphSuffixes[dtype]
+  const candidates = [`model${suffix}.onnx`, `decoder_model_merged${suffix}.onnx`].map((name) => path.join(directory, "onnx", name))
+  const found = candidates.find((file) => existsSync(file))
+  if (found !== undefined) return found
+  const onnxDirectory = path.join(directory, "onnx")
+  const available = existsSync(onnxDirectory) ? readdirSync(onnxDirectory).filter((name) => name.endsWith(".onnx") && !name.startsWith("episodic-")) : []
+  throw new Error(
+    `dtype "${dtype}": ${path.join("onnx", `model${suffix}.onnx`)} is not in ${directory} (its graphs: ${available.length > 0 ? available.join(", ") : "none"})`
+  )
+}
+
 export interface CheckpointReport {
   readonly directory: string
   readonly config: ModelConfig
