@@ -8,6 +8,7 @@
  *   type stripping, and as plain JavaScript;
  * - `npx episodic run my-experiment.ts`, the default experiment and `npx episodic serve-env grid-quest` run
  *   from the project's directory, and models and runs are made there, not inside node_modules.
+ * The installs read the npm registry (`--prefer-offline`: what `npm ci` left in npm's cache is not fetched again).
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
@@ -59,7 +60,7 @@ const sh = (command: string, args: ReadonlyArray<string>, cwd: string, nodeBin: 
 
 const succeeds = (result: Finished, what: string) => expect(result.code, `${what}\n${result.stdout}\n${result.stderr}`).toBe(0)
 
-/** The project's Node (vitest runs on it) and Node 22 installed from npm into `dir`. */
+/** Node 22, installed from npm into `dir` (its `node` package ships the binary): the folder of its `node`. */
 const installNode22 = async (dir: string, nodeBin: string): Promise<string> => {
   mkdirSync(dir)
   writeFileSync(path.join(dir, "package.json"), JSON.stringify({ private: true, allowScripts: { node: true } }))
