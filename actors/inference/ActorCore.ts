@@ -51,7 +51,7 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
         case "generate":
           return scheduler.generate(call.request)
         case "updateWeights":
-          // New weights become a new graph from our exporter: only models of our Llama architecture take updates.
+          // New weights become a new graph from our exporter, for the family config.json describes (family.ts).
           return scheduler.updateWeights(exportOnnx(readConfig(directory), call.weights), call.version)
         case "cancel":
           return scheduler.cancel(call.episodeId)
