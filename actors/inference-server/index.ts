@@ -28,6 +28,7 @@ import * as path from "node:path"
 import { errorMessage } from "../../src/errorMessage.ts"
 import { GenerationRequest, type GenerationResult, SamplingParams } from "../../src/Generation.ts"
 import type { MessageInit } from "../../src/Message.ts"
+import { hasModel } from "../../src/model/huggingFace.ts"
 import * as Safetensors from "../../src/model/safetensors.ts"
 import { load as loadTokenizer, type ChatTokenizer } from "../../src/Tokenizer.ts"
 import { start as startActor, type InferenceActor } from "../inference/index.ts"
@@ -194,8 +195,8 @@ export const serve = (options: InferenceServerOptions): Effect.Effect<InferenceS
     const host = options.host ?? defaults.host
     const port = options.port ?? defaults.port
     const maxBodyBytes = options.maxBodyBytes ?? defaults.maxBodyBytes
-    if (!existsSync(path.join(directory, "onnx", "model.onnx"))) {
-      return yield* new InferenceServerError({ message: `no model at ${directory} (no onnx/model.onnx); make one with \`npx episodic model init --out ${options.model}\`` })
+    if (!hasModel(directory)) {
+      return yield* new InferenceServerError({ message: `no model at ${directory} (no onnx/model.onnx or safetensors weights); make one with \`npx episodic model init --out ${options.model}\`` })
     }
     const tokenizer: ChatTokenizer = yield* Effect.tryPromise({
       try: () => loadTokenizer(directory),
