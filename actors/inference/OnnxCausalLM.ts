@@ -60,7 +60,8 @@ const readShape = (directory: string): ModelShape => {
   return {
     numLayers: layers,
     kvHeads: raw.num_key_value_heads ?? heads,
-    headDim: raw.head_dim ?? hidden / heads,
+    // Qwen3's config class defaults head_dim to 128, not hidden / heads.
+    headDim: raw.head_dim ?? ((raw as Record<string, unknown>).model_type === "qwen3" ? 128 : hidden / heads),
     vocabSize: raw.vocab_size
   }
 }
