@@ -14,14 +14,14 @@ const coin = define<{ bias?: number }>({
 describe("EnvironmentRegistry", () => {
   it("comes with the built-in environments", () => {
     const registry = EnvironmentRegistry.builtins()
-    expect(registry.names()).toEqual(["arithmetic", "chat", "grid-quest"])
+    expect(registry.names()).toEqual(["arithmetic", "chat", "grid-quest", "guess-number"])
     expect(registry.get("grid-quest").name).toBe("grid-quest")
     expect(registry.has("arithmetic")).toBe(true)
   })
 
   it("names the unknown environment and the known ones", () => {
     expect(() => EnvironmentRegistry.builtins().get("chess")).toThrow(
-      'unknown environment "chess"; known environments: arithmetic, chat, grid-quest'
+      'unknown environment "chess"; known environments: arithmetic, chat, grid-quest, guess-number'
     )
   })
 

@@ -10,6 +10,7 @@ import { remoteEnvironment } from "../remote/RemoteEnvironment.ts"
 import { arithmetic } from "./arithmetic.ts"
 import { chat } from "./chat.ts"
 import { gridQuest } from "./gridQuest.ts"
+import { guessNumber } from "./guessNumber.ts"
 
 const remoteUrl = /^(?:wss?|https?|gym\+https?):\/\//
 
@@ -19,9 +20,9 @@ export class EnvironmentRegistry {
   // every episode of the run.
   readonly #remote = new Map<string, EnvironmentDefinition>()
 
-  /** A new registry holding grid-quest, arithmetic and chat. */
+  /** A new registry holding grid-quest, guess-number, arithmetic and chat. */
   static builtins(): EnvironmentRegistry {
-    return new EnvironmentRegistry().register(gridQuest).register(arithmetic).register(chat)
+    return new EnvironmentRegistry().register(gridQuest).register(guessNumber).register(arithmetic).register(chat)
   }
 
   register<Config extends Record<string, unknown>>(definition: EnvironmentDefinition<Config>): this {

@@ -9,6 +9,7 @@
 import type { DatasetRow } from "../DatasetRow.ts"
 import type { Environment } from "../Environment.ts"
 import { randomValidAction, solveGridQuest } from "../environments/gridQuest.ts"
+import { randomGuess, solveGuessNumber } from "../environments/guessNumber.ts"
 import { EnvironmentRegistry } from "../environments/registry.ts"
 import type { MessageInit } from "../Message.ts"
 import { mulberry32 } from "../Seed.ts"
@@ -55,13 +56,15 @@ export const environmentCorpus = async (episodesPerEnvironment = 150): Promise<A
       if (Array.isArray(reset.observation)) messages.push(...reset.observation)
       else if (typeof reset.observation === "string") messages.push({ role: "user", content: reset.observation })
       let observation = typeof reset.observation === "string" ? reset.observation : ""
-      // Solve half the grid-quest games and wander in the rest, sometimes with commands the game cannot
-      // read, so every kind of feedback is seen.
+      // Solve half the grid-quest and guess-number games and wander in the rest, sometimes with commands the
+      // game cannot read, so every kind of feedback is seen.
       const wander = i % 2 === 1
       for (let step = 0; step < 14; step++) {
         const action =
           name === "grid-quest"
             ? wander ? random() < 0.3 ? "go somewhere" : randomValidAction(random) : solveGridQuest(observation)
+            : name === "guess-number"
+            ? wander ? random() < 0.2 ? "fifty" : randomGuess(random) : solveGuessNumber(render(messages))
             : cannedReplies[Math.floor(random() * cannedReplies.length)]!
         texts.push(action)
         messages.push({ role: "assistant", content: action })
