@@ -22,6 +22,11 @@ export interface ChatTokenizer {
   /** Renders the conversation with the chat template, ending with the generation prompt, as token ids. */
   renderPrompt(messages: ReadonlyArray<MessageInit>): Array<number>
   /**
+   * Renders chat messages as the template takes them (assistant `tool_calls`, `tool` results) with tool
+   * definitions, ending with the generation prompt, as token ids. A template without tools ignores them.
+   */
+  renderChat(messages: ReadonlyArray<Readonly<Record<string, unknown>>>, tools?: ReadonlyArray<unknown>): Array<number>
+  /**
    * The tokens to append after an assistant turn so that the next turn is `message`: whatever closes the
    * assistant turn (unless the policy already emitted it), the message, and the next generation prompt.
    */
@@ -104,6 +109,17 @@ const fromPreTrained = (tokenizer: PreTrainedTokenizer, directory: string): Chat
     directory,
     stopTokenIds,
     renderPrompt: (messages) => encode(render(messages, true)),
+    renderChat: (messages, tools) => {
+      try {
+        return encode(tokenizer.apply_chat_template(messages as unknown as Parameters<typeof tokenizer.apply_chat_template>[0], {
+          tokenize: false,
+          add_generation_prompt: true,
+          ...(tools !== undefined && tools.length > 0 ? { tools: tools as Array<Record<string, unknown>> } : {})
+        }) as string)
+      } catch (cause) {
+        throw new TokenizerError({ directory, message: `chat template failed: ${String(cause)}` })
+      }
+    },
     appendMessage: (message, assistantIds) => {
       let delta = afterSentinel(render([...BASE, message], true))
       // The policy's own stop token already closed the turn: keep its token, skip its text in the delta.

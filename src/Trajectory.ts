@@ -50,6 +50,20 @@ export type Turn = typeof Turn.Type
 export const TrajectoryError = Schema.Struct({ type: Schema.String, message: Schema.String })
 export type TrajectoryError = typeof TrajectoryError.Type
 
+/**
+ * One token-consistent chain of an agent's calls (see docs/agents.md): the same fields as the record's main
+ * sequence. An agent that rewrote its history has more than one; the record keeps the others here.
+ */
+export const Sequence = Schema.Struct({
+  messages: Schema.Array(Message),
+  promptIds: Schema.Array(Schema.Int),
+  responseIds: Schema.Array(Schema.Int),
+  responseMask: Schema.Array(Schema.Literals([0, 1])),
+  responseLogprobs: Schema.Array(Schema.Finite),
+  turns: Schema.Array(Turn)
+}).pipe(Schema.encodeKeys({ promptIds: "prompt_ids", responseIds: "response_ids", responseMask: "response_mask", responseLogprobs: "response_logprobs" }))
+export type Sequence = typeof Sequence.Type
+
 const TrajectoryFields = Schema.Struct({
   id: Schema.String,
   /** Samples of the same prompt share a group (GRPO); by default the dataset row's index. */
@@ -71,7 +85,9 @@ const TrajectoryFields = Schema.Struct({
   numTurns: Schema.Int,
   finishReason: FinishReason,
   error: Schema.NullOr(TrajectoryError),
-  seed: Schema.Int
+  seed: Schema.Int,
+  /** An agent's other token-consistent chains, when it rewrote its history (docs/agents.md). */
+  sequences: Schema.optionalKey(Schema.Array(Sequence))
 })
 
 /** The record as it is written to disk: snake_case keys, verl-compatible names. */

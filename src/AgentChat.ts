@@ -1,0 +1,211 @@
+/**
+ * OpenAI's chat-completions shapes for agents, on top of the chat template: a request's messages and tools
+ * as the template takes them, the generated text split into content and `tool_calls`, and the answer as a
+ * JSON body or as server-sent-event chunks (what `streamText` of the AI SDK reads).
+ *
+ * Tool calls are read in the formats templates teach their models: Qwen / Hermes
+ * `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks, and Llama 3's bare
+ * `{"name": ..., "parameters": {...}}` (after an optional `<|python_tag|>`). Each call's `arguments` is the
+ * generated JSON text verbatim, so that when the agent sends the call back, the template renders exactly
+ * the tokens the policy generated and the next call extends the record instead of starting a new chain.
+ */
+import type { Message } from "./Message.ts"
+
+type ChatMessage = Message
+
+export interface ToolCall {
+  readonly id: string
+  readonly type: "function"
+  readonly function: { readonly name: string; readonly arguments: string }
+}
+
+export interface ParsedReply {
+  readonly content: string
+  readonly toolCalls: ReadonlyArray<ToolCall>
+}
+
+export class ChatRequestError extends Error {
+  readonly param: string | undefined
+  constructor(message: string, param?: string) {
+    super(message)
+    this.param = param
+  }
+}
+
+type Json = Record<string, unknown>
+
+const textOf = (content: unknown, where: string): string => {
+  if (content === undefined || content === null) return ""
+  if (typeof content === "string") return content
+  if (Array.isArray(content) && content.every((part) => (part as Json | null)?.["type"] === "text" && typeof (part as Json)["text"] === "string")) {
+    return content.map((part) => (part as Json)["text"]).join("")
+  }
+  throw new ChatRequestError(`${where}.content must be text (a string or a list of text parts)`, `${where}.content`)
+}
+
+/** The request's messages as the chat template takes them (tool calls and tool results kept). */
+export const templateMessages = (value: unknown): Array<Json> => {
+  if (!Array.isArray(value) || value.length === 0) throw new ChatRequestError("messages must be a non-empty list", "messages")
+  return value.map((message, i) => {
+    const m = (message ?? {}) as Json
+    const role = m["role"] === "developer" ? "system" : m["role"]
+    if (role !== "system" && role !== "user" && role !== "assistant" && role !== "tool") {
+      throw new ChatRequestError(`messages[${i}].role must be system, user, assistant or tool`, `messages[${i}].role`)
+    }
+    const content = textOf(m["content"], `messages[${i}]`)
+    if (role === "assistant" && Array.isArray(m["tool_calls"]) && m["tool_calls"].length > 0) {
+      const toolCalls = (m["tool_calls"] as Array<Json>).map((call) => {
+        const fn = (call["function"] ?? {}) as Json
+        const args = fn["arguments"]
+        return { id: call["id"], type: "function", function: { name: String(fn["name"]), arguments: typeof args === "string" ? args : JSON.stringify(args ?? {}) } }
+      })
+      return { role, content, tool_calls: toolCalls }
+    }
+    if (role === "tool") {
+      return { role, content, ...(typeof m["tool_call_id"] === "string" ? { tool_call_id: m["tool_call_id"] } : {}), ...(typeof m["name"] === "string" ? { name: m["name"] } : {}) }
+    }
+    return { role, content }
+  })
+}
+
+const sameJson = (a: string, b: string) => {
+  try {
+    return JSON.stringify(JSON.parse(a)) === JSON.stringify(JSON.parse(b))
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Clients parse a call's arguments and serialize them again (the AI SDK does), which changes spacing: an
+ * assistant tool call whose id this episode gave and whose arguments mean the same JSON gets back the text
+ * the policy generated, so the template renders the generated tokens again.
+ */
+export const restoreToolCalls = (messages: Array<Json>, given: ReadonlyMap<string, string>): Array<Json> =>
+  messages.map((m) => {
+    const calls = m["tool_calls"] as ReadonlyArray<ToolCall> | undefined
+    if (calls === undefined) return m
+    return {
+      ...m,
+      tool_calls: calls.map((call) => {
+        const raw = given.get(call.id)
+        return raw !== undefined && raw !== call.function.arguments && sameJson(raw, call.function.arguments)
+          ? { ...call, function: { ...call.function, arguments: raw } }
+          : call
+      })
+    }
+  })
+
+/** The messages as the record keeps them: role and text; an assistant's tool calls as the template's text. */
+export const recordMessages = (messages: ReadonlyArray<Json>): Array<ChatMessage> =>
+  messages.map((m) => {
+    const calls = (m["tool_calls"] as ReadonlyArray<ToolCall> | undefined) ?? []
+    const content = [m["content"] as string, ...calls.map((c) => `<tool_call>\n{"name": "${c.function.name}", "arguments": ${c.function.arguments}}\n</tool_call>`)]
+      .filter((part) => part !== "")
+      .join("\n")
+    return { role: m["role"] as ChatMessage["role"], content }
+  })
+
+/** The request's tools, checked: OpenAI's `[{ type: "function", function: { name, parameters } }]`. */
+export const tools = (value: unknown): Array<Json> => {
+  if (value === undefined || value === null) return []
+  if (!Array.isArray(value)) throw new ChatRequestError("tools must be a list", "tools")
+  return value.map((tool, i) => {
+    const fn = (tool as Json | null)?.["function"] as Json | undefined
+    if (typeof fn?.["name"] !== "string") throw new ChatRequestError(`tools[${i}].function.name must be a string`, `tools[${i}].function.name`)
+    return tool as Json
+  })
+}
+
+const HERMES = /<tool_call>\s*([\s\S]*?)\s*<\/tool_call>/g
+// `{"name": "x", "arguments": <json>}` with the arguments' text kept verbatim.
+const CALL_BODY = /^\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"(?:arguments|parameters)"\s*:\s*([\s\S]*?)\s*\}$/
+
+const callOf = (body: string, id: string): ToolCall | undefined => {
+  const match = CALL_BODY.exec(body.trim())
+  if (match === null) return undefined
+  try {
+    const name = JSON.parse(match[1]!) as string
+    const args = JSON.parse(match[2]!) as unknown
+    if (typeof args !== "object" || args === null || Array.isArray(args)) return undefined
+    return { id, type: "function", function: { name, arguments: match[2]! } }
+  } catch {
+    return undefined
+  }
+}
+
+/** Splits generated text into content and tool calls; text that holds no well-formed call is all content. */
+export const parseReply = (text: string, idOf: (index: number) => string): ParsedReply => {
+  const blocks = [...text.matchAll(HERMES)]
+  if (blocks.length > 0) {
+    const calls = blocks.map((block, i) => callOf(block[1]!, idOf(i)))
+    if (calls.every((call) => call !== undefined)) {
+      // The template writes a newline between the content and the first call.
+      const content = text.slice(0, blocks[0]!.index).replace(/\n$/, "")
+      return { content, toolCalls: calls as Array<ToolCall> }
+    }
+    return { content: text, toolCalls: [] }
+  }
+  const bare = text.replace(/^<\|python_tag\|>/, "").trim()
+  if (bare.startsWith("{")) {
+    const call = callOf(bare, idOf(0))
+    if (call !== undefined) return { content: "", toolCalls: [call] }
+  }
+  return { content: text, toolCalls: [] }
+}
+
+export interface Completion {
+  readonly id: string
+  readonly model: string
+  readonly reply: ParsedReply
+  readonly finishReason: "stop" | "length" | "tool_calls" | "abort"
+  readonly promptTokens: number
+  readonly tokenIds: ReadonlyArray<number>
+  readonly logprobs: ReadonlyArray<number>
+  readonly tokenText: (id: number) => string
+  readonly policyVersion: number
+  readonly wantsLogprobs: boolean
+}
+
+const logprobsOf = (c: Completion) =>
+  c.wantsLogprobs
+    ? { content: c.tokenIds.map((id, i) => ({ token: c.tokenText(id), logprob: c.logprobs[i], bytes: [...Buffer.from(c.tokenText(id))], top_logprobs: [] })) }
+    : null
+
+const usageOf = (c: Completion) => ({ prompt_tokens: c.promptTokens, completion_tokens: c.tokenIds.length, total_tokens: c.promptTokens + c.tokenIds.length })
+
+/** OpenAI's `chat.completion` body. */
+export const completionBody = (c: Completion) => ({
+  id: c.id,
+  object: "chat.completion",
+  created: Math.floor(Date.now() / 1000),
+  model: c.model,
+  choices: [{
+    index: 0,
+    message: {
+      role: "assistant",
+      content: c.reply.content === "" && c.reply.toolCalls.length > 0 ? null : c.reply.content,
+      ...(c.reply.toolCalls.length > 0 ? { tool_calls: c.reply.toolCalls } : {})
+    },
+    logprobs: logprobsOf(c),
+    finish_reason: c.finishReason,
+    token_ids: c.tokenIds
+  }],
+  usage: usageOf(c),
+  policy_version: c.policyVersion
+})
+
+/** The same answer as `chat.completion.chunk` events, then `[DONE]`. */
+export const completionChunks = (c: Completion, includeUsage: boolean): string => {
+  const head = { id: c.id, object: "chat.completion.chunk", created: Math.floor(Date.now() / 1000), model: c.model }
+  const chunks: Array<unknown> = [
+    { ...head, choices: [{ index: 0, delta: { role: "assistant", content: c.reply.content }, logprobs: logprobsOf(c), finish_reason: null }] },
+    ...c.reply.toolCalls.map((call, index) => ({
+      ...head,
+      choices: [{ index: 0, delta: { tool_calls: [{ index, id: call.id, type: "function", function: call.function }] }, logprobs: null, finish_reason: null }]
+    })),
+    { ...head, choices: [{ index: 0, delta: {}, logprobs: null, finish_reason: c.finishReason }] },
+    ...(includeUsage ? [{ ...head, choices: [], usage: usageOf(c) }] : [])
+  ]
+  return chunks.map((chunk) => `data: ${JSON.stringify(chunk)}\n\n`).join("") + "data: [DONE]\n\n"
+}

@@ -1,0 +1,339 @@
+/**
+ * Agents written with the `openai` client and the `ai` package, played as episodes through the per-episode
+ * OpenAI endpoint. The policy is a scripted one (emits tool-call text through the real Qwen3 template and
+ * token path), since these tests are of the endpoint and the record; the last test runs the project's tiny
+ * model through the inference actor.
+ */
+import { createOpenAICompatible } from "@ai-sdk/openai-compatible"
+import { assert, describe, it } from "@effect/vitest"
+import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai"
+import { Effect, Layer } from "effect"
+import OpenAI from "openai"
+import { InferenceActor } from "../actors/inference/index.ts"
+import { AgentGateway } from "../src/AgentGateway.ts"
+import * as AgentEpisode from "../src/AgentEpisode.ts"
+import type { DatasetRow } from "../src/DatasetRow.ts"
+import { GenerationResult, InferenceError } from "../src/Generation.ts"
+import { Inference } from "../src/Inference.ts"
+import { Tokenizer, type ChatTokenizer } from "../src/Tokenizer.ts"
+import * as Trajectory from "../src/Trajectory.ts"
+import { limits, sampling, tinyModel, tokenizerDirs } from "./support.ts"
+
+const row: DatasetRow = {
+  prompt: [{ role: "user", content: "Reach the goal." }],
+  extra_info: { interaction_kwargs: { name: "agent" } }
+} as unknown as DatasetRow
+
+/** What the policy saw and said, call by call. */
+interface Log {
+  readonly contexts: Array<ReadonlyArray<number>>
+  readonly texts: Array<string>
+}
+
+type Script = (context: string, signal: AbortSignal) => string | Promise<string>
+
+/** A policy that answers from the decoded context, through the real tokenizer, recording every context. */
+const scripted = (script: Script, log: Log) =>
+  Layer.effect(
+    Inference,
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const stopId = tokenizer.stopTokenIds.at(-1)!
+      return Inference.of({
+        generate: (request) =>
+          Effect.tryPromise({
+            try: async (signal) => {
+              log.contexts.push(request.contextIds)
+              const text = await script(tokenizer.decode(request.contextIds, { skipSpecialTokens: false }), signal)
+              log.texts.push(text)
+              const ids = [...tokenizer.encode(text), stopId].slice(0, request.sampling.maxNewTokens)
+              return new GenerationResult({ tokenIds: ids, logprobs: ids.map(() => -0.5), finishReason: "eos", policyVersion: 0 })
+            },
+            catch: (cause) => new InferenceError({ message: String(cause) })
+          })
+      })
+    })
+  )
+
+const layerOf = (script: Script, log: Log) =>
+  Layer.mergeAll(scripted(script, log), AgentGateway.layer()).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3)))
+
+const newLog = (): Log => ({ contexts: [], texts: [] })
+
+let episodes = 0
+const play = (agent: AgentEpisode.Agent, overrides: Partial<Parameters<typeof limits>[0]> = {}) =>
+  AgentEpisode.run({
+    input: { id: `agent-${episodes++}`, groupId: "0", interaction: "agent", seed: 1, limits: limits(overrides) },
+    row,
+    agent,
+    sampling,
+    sample: 0
+  })
+
+const toolCall = (name: string, args: string) => `<tool_call>\n{"name": "${name}", "arguments": ${args}}\n</tool_call>`
+const toolResponses = (context: string) => context.split("<tool_response>").length - 1
+
+/** The record's invariants: every mask-1 span decodes to its turn's text, and every context is a prefix of a sequence. */
+const check = (t: Trajectory.Trajectory, tokenizer: ChatTokenizer, log: Log) => {
+  assert.strictEqual(Trajectory.violation(t), undefined)
+  Trajectory.decode(Trajectory.encode(t))
+  const sequences = [t, ...(t.sequences ?? [])]
+  for (const s of sequences) {
+    for (const turn of s.turns) {
+      const ids = s.responseIds.slice(turn.tokenStart, turn.tokenEnd)
+      const mask = s.responseMask.slice(turn.tokenStart, turn.tokenEnd)
+      assert.isTrue(mask.every((m) => m === (turn.role === "assistant" ? 1 : 0)))
+      if (turn.role === "assistant") assert.strictEqual(tokenizer.decode(ids), turn.text)
+    }
+  }
+  const texts = sequences.flatMap((s) => s.turns.filter((turn) => turn.role === "assistant").map((turn) => turn.text))
+  for (const text of log.texts) assert.include(texts, text)
+  for (const context of log.contexts) {
+    assert.isTrue(
+      sequences.some((s) => {
+        const full = [...s.promptIds, ...s.responseIds]
+        return context.every((id, i) => full[i] === id)
+      }),
+      "a context the policy saw is a prefix of a sequence"
+    )
+  }
+}
+
+const moveTool = {
+  type: "function" as const,
+  function: { name: "move", description: "Move one step.", parameters: { type: "object", properties: { dir: { type: "string" } }, required: ["dir"] } }
+}
+
+describe("agents through the per-episode endpoint", () => {
+  const log1 = newLog()
+  it.effect("an openai-client tool loop: one chain, tool results mask 0, replies mask 1", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const seen: Array<string> = []
+      const t = yield* play(async ({ openai, row }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        const messages: Array<OpenAI.ChatCompletionMessageParam> = [{ role: "system", content: "You play a grid." }, ...(row.prompt as Array<{ role: "user"; content: string }>)]
+        for (let step = 0; step < 5; step++) {
+          const reply = await client.chat.completions.create({ model: "policy", messages, tools: [moveTool] })
+          const message = reply.choices[0]!.message
+          messages.push(message)
+          if (message.tool_calls === undefined || message.tool_calls.length === 0) {
+            seen.push(message.content ?? "")
+            return message.content === "done" ? 1 : 0
+          }
+          for (const call of message.tool_calls) {
+            if (call.type !== "function") continue
+            seen.push(call.function.arguments)
+            messages.push({ role: "tool", tool_call_id: call.id, content: `moved ${JSON.parse(call.function.arguments).dir}` })
+          }
+        }
+        return 0
+      })
+      check(t, tokenizer, log1)
+      assert.strictEqual(t.finishReason, "done")
+      assert.strictEqual(t.reward, 1)
+      assert.strictEqual(t.numTurns, 3)
+      assert.isUndefined(t.sequences)
+      assert.deepStrictEqual(t.turns.map((turn) => turn.role), ["assistant", "tool", "assistant", "tool", "assistant"])
+      assert.deepStrictEqual(seen, ['{"dir": "up"}', '{"dir": "left"}', "done"])
+      assert.deepStrictEqual(t.turnRewards, [0, 0, 1])
+    }).pipe(Effect.provide(layerOf((context) => toolResponses(context) < 2 ? `I move.\n${toolCall("move", toolResponses(context) === 0 ? '{"dir": "up"}' : '{"dir": "left"}')}` : "done", log1))))
+
+  const log2 = newLog()
+  it.effect("the AI SDK's generateText: parallel tool calls, a multi-step loop, one chain", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const moves: Array<string> = []
+      const t = yield* play(async ({ openai, signal }) => {
+        const provider = createOpenAICompatible({ name: "episodic", baseURL: openai.baseURL, apiKey: openai.apiKey })
+        const result = await generateText({
+          model: provider("policy"),
+          system: "You play a grid.",
+          prompt: "Reach the goal.",
+          tools: {
+            move: tool({
+              description: "Move one step.",
+              inputSchema: jsonSchema<{ dir: string }>({ type: "object", properties: { dir: { type: "string" } }, required: ["dir"] }),
+              execute: async ({ dir }) => {
+                moves.push(dir)
+                return `moved ${dir}`
+              }
+            })
+          },
+          stopWhen: stepCountIs(5),
+          maxRetries: 0,
+          abortSignal: signal
+        })
+        return { reward: result.text === "arrived" ? 1 : 0, info: { steps: result.steps.length } }
+      })
+      check(t, tokenizer, log2)
+      assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+      assert.deepStrictEqual(moves, ["up", "right", "down"])
+      assert.strictEqual(t.reward, 1)
+      assert.strictEqual(t.numTurns, 3)
+      assert.isUndefined(t.sequences, "the AI SDK's re-sent history extends the record token for token")
+    }).pipe(Effect.provide(layerOf((context) => {
+      const n = toolResponses(context)
+      return n === 0 ? `${toolCall("move", '{"dir": "up"}')}\n${toolCall("move", '{"dir": "right"}')}` : n === 2 ? toolCall("move", '{"dir": "down"}') : "arrived"
+    }, log2))))
+
+  const log3 = newLog()
+  it.effect("the AI SDK's streamText: a streamed tool call and a streamed answer", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const t = yield* play(async ({ openai }) => {
+        const provider = createOpenAICompatible({ name: "episodic", baseURL: openai.baseURL, apiKey: openai.apiKey, includeUsage: true })
+        const result = streamText({
+          model: provider("policy"),
+          prompt: "Reach the goal.",
+          tools: { move: tool({ inputSchema: jsonSchema<{ dir: string }>({ type: "object", properties: { dir: { type: "string" } } }), execute: async ({ dir }) => `moved ${dir}` }) },
+          stopWhen: stepCountIs(3),
+          maxRetries: 0
+        })
+        let text = ""
+        for await (const part of result.textStream) text += part
+        return text === "arrived" ? 1 : 0
+      })
+      check(t, tokenizer, log3)
+      assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+      assert.strictEqual(t.reward, 1)
+      assert.strictEqual(t.numTurns, 2)
+    }).pipe(Effect.provide(layerOf((context) => toolResponses(context) === 0 ? toolCall("move", '{"dir": "up"}') : "arrived", log3))))
+
+  const log4 = newLog()
+  it.effect("an agent that rewrites its history: each token-consistent chain is kept as its own sequence", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const t = yield* play(async ({ openai }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        const first = await client.chat.completions.create({ model: "p", messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "one" }] })
+        const second = await client.chat.completions.create({
+          model: "p",
+          messages: [{ role: "system", content: "Be brief." }, { role: "user", content: "one" }, first.choices[0]!.message as OpenAI.ChatCompletionMessageParam, { role: "user", content: "two" }]
+        })
+        // Edits the system prompt and drops the old turns: a new chain.
+        await client.chat.completions.create({
+          model: "p",
+          messages: [{ role: "system", content: "Be very brief." }, { role: "user", content: `summary: ${second.choices[0]!.message.content}` }]
+        })
+        return 0.5
+      })
+      check(t, tokenizer, log4)
+      assert.strictEqual(t.finishReason, "done")
+      assert.strictEqual(t.sequences?.length, 1)
+      assert.strictEqual(t.sequences![0]!.turns.filter((turn) => turn.role === "assistant").length, 2)
+      assert.strictEqual(t.numTurns, 1)
+      assert.strictEqual(t.reward, 0.5)
+      assert.include(t.messages[0]!.content, "Be very brief.")
+    }).pipe(Effect.provide(layerOf((context) => `reply ${context.length}`, log4))))
+
+  const log5 = newLog()
+  it.effect("an agent that throws ends env_error with its error; one that never calls the model says so", () =>
+    Effect.gen(function*() {
+      const thrown = yield* play(async ({ openai }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "hi" }] })
+        throw new TypeError("the agent's tool broke")
+      })
+      assert.strictEqual(thrown.finishReason, "env_error")
+      assert.deepStrictEqual(thrown.error, { type: "TypeError", message: "the agent's tool broke" })
+      assert.strictEqual(thrown.numTurns, 1)
+      const idle = yield* play(() => 1)
+      assert.strictEqual(idle.finishReason, "env_error")
+      assert.strictEqual(idle.error?.type, "AgentMadeNoCalls")
+      assert.deepStrictEqual([idle.promptIds, idle.responseIds, idle.turns], [[], [], []])
+    }).pipe(Effect.provide(layerOf(() => "ok", log5))))
+
+  const log6 = newLog()
+  it.effect("an agent that hangs past the time limit: the episode ends timeout, its signal fires, a call in flight is aborted", () =>
+    Effect.gen(function*() {
+      let aborted = false
+      const hung = yield* play(async ({ openai, signal }) => {
+        signal.addEventListener("abort", () => (aborted = true))
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "quick" }] })
+        await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve()))
+        return 1
+      }, { timeoutMs: 500 })
+      assert.strictEqual(hung.finishReason, "timeout")
+      assert.strictEqual(hung.numTurns, 1)
+      assert.isTrue(aborted)
+      let callError = ""
+      const inFlight = yield* play(async ({ openai }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0, timeout: 10_000 })
+        try {
+          await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "slow" }] })
+        } catch (cause) {
+          callError = String(cause)
+        }
+        return 0
+      }, { timeoutMs: 500 })
+      assert.strictEqual(inFlight.finishReason, "timeout")
+      assert.strictEqual(inFlight.numTurns, 0)
+      // The record is written when the episode ends; the agent's call fails soon after.
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 200)))
+      assert.match(callError, /409|ended|aborted|Error/)
+    }).pipe(Effect.provide(layerOf((context, signal) =>
+      context.includes("slow")
+        ? new Promise<string>((_, reject) => {
+          const timer = setTimeout(() => reject(new Error("unreachable")), 5_000)
+          signal.addEventListener("abort", () => {
+            clearTimeout(timer)
+            reject(new Error("aborted"))
+          })
+        })
+        : "fine", log6))))
+
+  const log7 = newLog()
+  it.effect("two hundred agents at once", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const records = yield* Effect.forEach(
+        Array.from({ length: 200 }, (_, i) => i),
+        (i) =>
+          play(async ({ openai }) => {
+            const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+            const messages: Array<OpenAI.ChatCompletionMessageParam> = [{ role: "user", content: `agent ${i}` }]
+            const a = await client.chat.completions.create({ model: "p", messages, tools: [moveTool] })
+            messages.push(a.choices[0]!.message, { role: "tool", tool_call_id: a.choices[0]!.message.tool_calls![0]!.id, content: "ok" })
+            const b = await client.chat.completions.create({ model: "p", messages, tools: [moveTool] })
+            return b.choices[0]!.message.content === "done" ? 1 : 0
+          }),
+        { concurrency: "unbounded" }
+      )
+      for (const t of records) {
+        assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+        assert.strictEqual(t.reward, 1)
+        assert.isUndefined(t.sequences)
+      }
+      check({ ...records[0]!, sequences: records.slice(1) }, tokenizer, log7)
+    }).pipe(Effect.provide(layerOf((context) => toolResponses(context) === 0 ? toolCall("move", '{"dir": "up"}') : "done", log7))), 60_000)
+})
+
+describe("an agent on the tiny model through the inference actor", () => {
+  it.effect("the reply the agent receives is the record's mask-1 text", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const received: Array<string> = []
+      const t = yield* play(async ({ openai }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        const messages: Array<OpenAI.ChatCompletionMessageParam> = [{ role: "user", content: "Reach the goal." }]
+        for (let i = 0; i < 2; i++) {
+          const reply = await client.chat.completions.create({ model: "p", messages, max_tokens: 8, logprobs: true })
+          received.push(reply.choices[0]!.message.content ?? "")
+          messages.push({ role: "assistant", content: reply.choices[0]!.message.content ?? "" }, { role: "user", content: "again" })
+        }
+        return 0
+      }, { maxNewTokens: 8 })
+      assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+      assert.strictEqual(Trajectory.violation(t), undefined)
+      const sequences = [t, ...(t.sequences ?? [])]
+      const texts = sequences.flatMap((s) => s.turns.filter((turn) => turn.role === "assistant").map((turn) => tokenizer.decode(s.responseIds.slice(turn.tokenStart, turn.tokenEnd))))
+      assert.strictEqual(texts.length, 2)
+      for (const text of received) assert.include(texts, text)
+      assert.isTrue(sequences.every((s) => s.responseLogprobs.every((lp, i) => s.responseMask[i] === 1 ? lp <= 0 : lp === 0)))
+    }).pipe(Effect.provide(Layer.unwrap(Effect.promise(async () => {
+      const model = await tinyModel()
+      return Layer.mergeAll(InferenceActor.layer({ model, maxBatchSize: 4 }), AgentGateway.layer()).pipe(Layer.provideMerge(Tokenizer.layer(model)))
+    })))), 120_000)
+})
