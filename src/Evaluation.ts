@@ -19,9 +19,21 @@ export interface EvaluationSummary {
   readonly mean_reward: number
   /** Share of episodes with a total reward above zero. */
   readonly success_rate: number
+  /** With `evaluation.splits`: each split's figures (the top-level ones are the first split's). */
+  readonly splits?: Readonly<Record<string, EvaluationSplit>>
 }
 
-/** Held-out seeds of the experiment's environment, played by the same engine (and model), greedy by default. */
+export interface EvaluationSplit {
+  readonly episodes: number
+  readonly mean_reward: number
+  readonly success_rate: number
+}
+
+/**
+ * Held-out seeds of the experiment's environment, played by the same engine (and model), greedy by default.
+ * With `evaluation.splits`, each split in turn (its config over the environment's), written beside `file` in a
+ * folder named after it.
+ */
 export const evaluate = (
   experiment: ResolvedExperiment,
   registry: EnvironmentRegistry,
@@ -30,10 +42,39 @@ export const evaluate = (
   idPrefix = "eval-"
 ) =>
   Effect.gen(function*() {
+    const splits = Object.entries(experiment.evaluation!.splits ?? {})
+    if (splits.length === 0) return yield* evaluateRows(experiment, registry, file, stop, idPrefix, {})
+    const results: Record<string, EvaluationSplit> = {}
+    let first: EvaluationSummary | undefined
+    for (const [split, config] of splits) {
+      const played = yield* evaluateRows(
+        experiment,
+        registry,
+        path.join(path.dirname(file), split, path.basename(file)),
+        stop,
+        `${idPrefix}${split}-`,
+        config
+      )
+      first ??= played
+      results[split] = { episodes: played.episodes, mean_reward: played.mean_reward, success_rate: played.success_rate }
+    }
+    return { ...first!, splits: results } satisfies EvaluationSummary
+  })
+
+const evaluateRows = (
+  experiment: ResolvedExperiment,
+  registry: EnvironmentRegistry,
+  file: string,
+  stop: Deferred.Deferred<void> | undefined,
+  idPrefix: string,
+  splitConfig: Record<string, unknown>
+) =>
+  Effect.gen(function*() {
     const engine = yield* Engine
     const settings = experiment.evaluation!
     const { name } = experiment.environment!
-    const rows = registry.get(name).rows!({ seed: settings.seed, count: settings.episodes, config: experiment.environmentConfig[name] ?? {} })
+    const config = { ...experiment.environmentConfig[name], ...splitConfig }
+    const rows = registry.get(name).rows!({ seed: settings.seed, count: settings.episodes, config })
     mkdirSync(path.dirname(file), { recursive: true })
     writeFileSync(file, "")
     const writer = yield* JsonlWriter.open(file)

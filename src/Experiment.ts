@@ -63,9 +63,16 @@ export interface ExperimentConfig {
   readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
   /**
    * After the run, play held-out seeds of the environment with greedy decoding (or the run's sampling):
-   * eval/trajectories.jsonl, and eval_success / eval_mean_reward in summary.json.
+   * eval/trajectories.jsonl, and eval_success / eval_mean_reward in summary.json. `splits` plays `episodes` of
+   * each named split instead, its config laid over the environment's (e.g. grid-quest's `layouts: "unseen"`):
+   * eval/<split>/trajectories.jsonl, each split's figures in `evaluation.splits`, and eval_success the first's.
    */
-  readonly evaluation?: { readonly episodes: number; readonly seed?: number; readonly greedy?: boolean }
+  readonly evaluation?: {
+    readonly episodes: number
+    readonly seed?: number
+    readonly greedy?: boolean
+    readonly splits?: Readonly<Record<string, Record<string, unknown>>>
+  }
   /** Extra outputs in the run directory. */
   readonly outputs?: {
     /** trajectories.parquet besides trajectories.jsonl, with the same (verl's) column names. */
@@ -124,7 +131,12 @@ export const ResolvedExperiment = Schema.Struct({
     preset: Schema.Literals(["micro", "tiny", "small"]),
     seed: Schema.Int
   })),
-  evaluation: Schema.optional(Schema.Struct({ episodes: PositiveInt, seed: Schema.Int, greedy: Schema.Boolean })),
+  evaluation: Schema.optional(Schema.Struct({
+    episodes: PositiveInt,
+    seed: Schema.Int,
+    greedy: Schema.Boolean,
+    splits: Schema.optional(Schema.Record(Schema.String, Schema.Record(Schema.String, Schema.Unknown)))
+  })),
   outputs: Schema.Struct({ parquet: Schema.Boolean }),
   trainer: Schema.optional(Schema.Struct({
     promptsPerUpdate: PositiveInt,

@@ -11,6 +11,7 @@ import * as path from "node:path"
 import arithmetic from "../experiments/arithmetic.ts"
 import chat from "../experiments/chat.ts"
 import { applyOverrides, setPath } from "../src/cli/overrides.ts"
+import { isUnseenLayout, layoutGridQuest } from "../src/environments/gridQuest.ts"
 import { type ExperimentConfig, ExperimentError, resolve } from "../src/Experiment.ts"
 import type { RunEvent } from "../src/Run.ts"
 import { runExperiment } from "../src/runExperiment.ts"
@@ -92,6 +93,31 @@ describe("runExperiment (the Promise facade)", () => {
     expect(summary.evaluation).toMatchObject({ episodes: 5, greedy: true })
   })
 
+  it("evaluates each split of the environment on its own: grid-quest layouts never trained on, and seen ones", async () => {
+    const { default: solver } = await import("../experiments/grid-quest-solver.ts")
+    const run = runExperiment({
+      ...solver,
+      model: await tinyModel(),
+      environment: { name: "grid-quest", episodes: 6, config: { layouts: "seen" } },
+      evaluation: { episodes: 4, splits: { unseen: { layouts: "unseen" }, seen: { layouts: "seen" } } },
+      out: out()
+    })
+    for await (const _ of run) void _
+    const { summary, directory } = await run.result
+    const layoutOf = (record: Record<string, unknown>) => isUnseenLayout(layoutGridQuest(Number(record.seed)))
+    expect(lines(path.join(directory, "trajectories.jsonl")).some(layoutOf)).toBe(false)
+    const unseen = lines(path.join(directory, "eval", "unseen", "trajectories.jsonl"))
+    const seen = lines(path.join(directory, "eval", "seen", "trajectories.jsonl"))
+    expect(unseen).toHaveLength(4)
+    expect(unseen.every(layoutOf)).toBe(true)
+    expect(seen.some(layoutOf)).toBe(false)
+    expect(summary.evaluation?.splits).toEqual({
+      unseen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1 },
+      seen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1 }
+    })
+    expect(summary.eval_success).toBe(1)
+  })
+
   it("rejects a bad experiment with the field named", async () => {
     const run = runExperiment({ ...chat, concurrency: -1 })
     await expect(run.result).rejects.toThrow(/concurrency/)
@@ -154,7 +180,7 @@ describe("overriding an experiment's fields", () => {
 
 describe("the example experiments", () => {
   it("all resolve", async () => {
-    for (const file of ["grid-quest", "grid-quest-solver", "guess-number", "arithmetic", "chat", "remote-grid-quest"]) {
+    for (const file of ["grid-quest", "grid-quest-solver", "grid-quest-unseen", "guess-number", "arithmetic", "chat", "remote-grid-quest"]) {
       const { default: experiment } = await import(`../experiments/${file}.ts`)
       expect(() => resolve(experiment), file).not.toThrow()
       expect(existsSync(path.join("experiments", `${file}.ts`))).toBe(true)

@@ -3,6 +3,7 @@ import type { Environment } from "../src/Environment.ts"
 import {
   gridQuest,
   gridQuestDefaults,
+  isUnseenLayout,
   layoutGridQuest,
   randomValidAction,
   solveGridQuest,
@@ -126,6 +127,30 @@ describe("grid-quest", () => {
     const last = await step(environment, "complete quest")
     expect(last).toMatchObject({ done: true, info: { success: false } })
     expect(last.observation).toContain("Out of steps")
+  })
+
+  it("holds out a sixth of the layouts, never adjacent, with every start and treasure cell still among the rest", () => {
+    const cell = (x: number, y: number) => ({ x, y })
+    const layouts = Array.from({ length: 25 }, (_, s) => Array.from({ length: 25 }, (_, t) => ({ start: cell(s % 5, Math.floor(s / 5)), treasure: cell(t % 5, Math.floor(t / 5)) })))
+      .flat()
+      .filter(({ start, treasure }) => start.x !== treasure.x || start.y !== treasure.y)
+    const unseen = layouts.filter(isUnseenLayout)
+    expect(unseen).toHaveLength(100)
+    expect(unseen.every(({ start, treasure }) => start.x !== treasure.x && start.y !== treasure.y)).toBe(true)
+    const seen = layouts.filter((layout) => !isUnseenLayout(layout))
+    expect(new Set(seen.map(({ start }) => `${start.x},${start.y}`)).size).toBe(25)
+    expect(new Set(seen.map(({ treasure }) => `${treasure.x},${treasure.y}`)).size).toBe(25)
+  })
+
+  it("draws rows from the seen layouts only, or the unseen ones only, as `layouts` says", () => {
+    const unseenOf = (layouts: "seen" | "unseen") =>
+      gridQuest.rows!({ seed: 3, count: 300, config: { layouts } }).map((row) => isUnseenLayout(layoutGridQuest(row.extra_info.seed!)))
+    expect(unseenOf("seen").some(Boolean)).toBe(false)
+    expect(unseenOf("unseen").every(Boolean)).toBe(true)
+    expect(unseenOf("unseen")).toHaveLength(300)
+    // "all" (the default) keeps the seeds as they were.
+    expect(gridQuest.rows!({ seed: 0, count: 3, config: { layouts: "all" } }).map((row) => row.extra_info.seed)).toEqual([0, 1, 2])
+    expect(() => gridQuest.rows!({ seed: 0, count: 1, config: { layouts: "some" as "all" } })).toThrow(/layouts must be/)
   })
 
   it("makes rows with an empty prompt and distinct seeds", () => {

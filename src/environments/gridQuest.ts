@@ -19,6 +19,11 @@ export type GridQuestConfig = {
   readonly invalidPenalty?: number
   /** Paid per step of progress (one cell closer, or the pick up); moving away costs the same, so loops earn nothing. */
   readonly progressReward?: number
+  /**
+   * Which layouts `rows` draws: "all" (the default), "seen" (never a held-out one) or "unseen" (only held-out
+   * ones); see isUnseenLayout. Train on "seen" and evaluate on "unseen" to measure layouts never trained on.
+   */
+  readonly layouts?: "all" | "seen" | "unseen"
 }
 
 /** 12 steps leave room for the longest path on the grid (8 moves), the pick up, the completion and two slips. */
@@ -89,6 +94,14 @@ export const layoutGridQuest = (seed: number): { readonly start: Point; readonly
   const toPoint = (cell: number): Point => ({ x: cell % GRID_SIZE, y: Math.floor(cell / GRID_SIZE) })
   return { start: toPoint(start), treasure: toPoint(treasure) }
 }
+
+/**
+ * The held-out layouts: those whose offset from start to treasure (dx, dy) has dx + 2 * dy a multiple of 5.
+ * That is 100 of the 600 layouts, offsets such as (1, 2), (2, -1), (3, 1) or (-2, 4), 3 to 7 moves long and
+ * never a straight line; every start cell and every treasure cell still appears among the other 500.
+ */
+export const isUnseenLayout = ({ start, treasure }: { readonly start: Point; readonly treasure: Point }): boolean =>
+  (((treasure.x - start.x + 2 * (treasure.y - start.y)) % 5) + 5) % 5 === 0
 
 const distance = (a: Point, b: Point): number => Math.abs(a.x - b.x) + Math.abs(a.y - b.y)
 
@@ -220,9 +233,16 @@ export const gridQuest = define<GridQuestConfig>({
   name: "grid-quest",
   description: "Walk a seeded 5x5 grid to the treasure, pick it up and complete the quest within a step limit.",
   make: makeGridQuest,
-  rows: ({ seed, count }): ReadonlyArray<DatasetRow> =>
-    Array.from({ length: count }, (_, i) => ({
-      prompt: [],
-      extra_info: { interaction_kwargs: { name: "grid-quest" }, seed: seed * 100_003 + i }
-    }))
+  // Seeds seed * 100_003 + i in order, skipping those whose layout the `layouts` setting leaves out.
+  rows: ({ seed, count, config }): ReadonlyArray<DatasetRow> => {
+    const layouts = config.layouts ?? "all"
+    if (!["all", "seen", "unseen"].includes(layouts)) throw new RangeError(`grid-quest: layouts must be "all", "seen" or "unseen", got ${String(layouts)}`)
+    const rows: Array<DatasetRow> = []
+    for (let i = 0; rows.length < count; i++) {
+      const rowSeed = seed * 100_003 + i
+      if (layouts !== "all" && isUnseenLayout(layoutGridQuest(rowSeed)) !== (layouts === "unseen")) continue
+      rows.push({ prompt: [], extra_info: { interaction_kwargs: { name: "grid-quest" }, seed: rowSeed } })
+    }
+    return rows
+  }
 })
