@@ -188,7 +188,7 @@ const serveEnv = Command.make(
   "serve-env",
   {
     environment: Argument.String("environment").pipe(
-      Argument.withDescription("The environment to serve: grid-quest, arithmetic, chat, or one from --environments")
+      Argument.withDescription("The environment to serve: grid-quest, guess-number, arithmetic, chat, or one from --environments")
     ),
     port: Flag.Int("port").pipe(Flag.withDescription(`Port to listen on; 0 picks a free one (default ${EnvServerOptions.defaults.port})`), Flag.withDefault(EnvServerOptions.defaults.port)),
     host: Flag.String("host").pipe(
