@@ -7,6 +7,8 @@
 import { Context, Deferred, Effect, Layer, Result, Schema, Stream } from "effect"
 import type { InspectionEvent } from "xstate"
 import type { EpisodeLimits } from "../machines/episode.ts"
+import { AgentGateway, make as makeGateway } from "./AgentGateway.ts"
+import * as AgentEpisode from "./AgentEpisode.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
 import { decodeOrProblem, EngineNumbers } from "./EngineSchema.ts"
 import type { Environment } from "./Environment.ts"
@@ -33,6 +35,11 @@ export interface EngineOptions {
   /** Finished trajectories waiting for the consumer, at most. */
   readonly bufferCapacity: number
   readonly inspect?: ((event: InspectionEvent) => void) | undefined
+  /**
+   * The user's own agent plays every episode instead of an environment (docs/agents.md): it gets the row and
+   * a base URL of its own, served by a loopback gateway the engine starts; its reward is the episode's.
+   */
+  readonly agent?: AgentEpisode.Agent | undefined
 }
 
 export interface RunOptions {
@@ -62,6 +69,7 @@ const make = (options: EngineOptions) =>
     const checked = decodeOrProblem(EngineNumbers, options)
     if (Result.isFailure(checked)) return yield* new EngineOptionsError({ message: `engine options: ${checked.failure}` })
     const context = yield* Effect.context<Inference | Tokenizer>()
+    const gateway = options.agent === undefined ? undefined : yield* makeGateway()
 
     const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, runOptions: RunOptions | undefined): Episode.EpisodeSpec => {
       const name = row.extra_info.interaction_kwargs.name
@@ -98,7 +106,12 @@ const make = (options: EngineOptions) =>
           )
         ),
         Stream.mapEffect(
-          (spec) => stopped() ? Effect.succeed(undefined) : Episode.run(spec).pipe(Effect.provideContext(context)),
+          (spec) =>
+            stopped()
+              ? Effect.succeed(undefined)
+              : options.agent !== undefined
+              ? AgentEpisode.run({ ...spec, agent: options.agent }).pipe(Effect.provideContext(context), Effect.provideService(AgentGateway, gateway!))
+              : Episode.run(spec).pipe(Effect.provideContext(context)),
           { concurrency: options.concurrency, unordered: true }
         ),
         Stream.filter((trajectory): trajectory is Trajectory => trajectory !== undefined),

@@ -7,10 +7,12 @@
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible"
 import { assert, describe, it } from "@effect/vitest"
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import OpenAI from "openai"
 import { InferenceActor } from "../actors/inference/index.ts"
 import { AgentGateway } from "../src/AgentGateway.ts"
+import { Engine } from "../src/Engine.ts"
+import { EnvironmentRegistry } from "../src/environments/registry.ts"
 import * as AgentEpisode from "../src/AgentEpisode.ts"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { GenerationResult, InferenceError } from "../src/Generation.ts"
@@ -308,6 +310,36 @@ describe("agents through the per-episode endpoint", () => {
       }
       check({ ...records[0]!, sequences: records.slice(1) }, tokenizer, log7)
     }).pipe(Effect.provide(layerOf((context) => toolResponses(context) === 0 ? toolCall("move", '{"dir": "up"}') : "done", log7))), 60_000)
+})
+
+describe("an engine whose experiment gives an agent", () => {
+  const log = newLog()
+  it.effect("runs the agent once per episode, a GRPO group per row", () =>
+    Effect.gen(function*() {
+      const engine = yield* Engine
+      const rows = Array.from({ length: 3 }, (_, i) => ({ ...row, extra_info: { ...row.extra_info, seed: i } }) as DatasetRow)
+      const records = yield* engine.run(Stream.fromIterable(rows)).pipe(Stream.runCollect)
+      assert.strictEqual(records.length, 6)
+      for (const t of records) {
+        assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+        assert.strictEqual(t.reward, t.seed)
+      }
+      assert.strictEqual(new Set(records.map((t) => t.groupId)).size, 3)
+    }).pipe(Effect.provide(Engine.layer({
+      environments: new EnvironmentRegistry(),
+      concurrency: 4,
+      samplesPerRow: 2,
+      limits: limits(),
+      sampling,
+      envCallTimeoutMs: 1_000,
+      seed: 0,
+      bufferCapacity: 8,
+      agent: async ({ openai, seed }) => {
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: `seed ${seed}` }] })
+        return seed
+      }
+    })), Effect.provide(Layer.mergeAll(scripted(() => "ok", log)).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3))))))
 })
 
 describe("an agent on the tiny model through the inference actor", () => {
