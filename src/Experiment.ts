@@ -9,6 +9,7 @@ import type { EnvironmentDefinition } from "./Environment.ts"
 import { decodeOrProblem, EpisodeLimits as EpisodeLimitsSchema, Milliseconds, NonNegativeInt, PositiveInt } from "./EngineSchema.ts"
 import { SamplingParams } from "./Generation.ts"
 import type { Preset } from "./model/config.ts"
+import type { Agent } from "./AgentEpisode.ts"
 import type { TextPolicy } from "./TextPolicy.ts"
 import type { RewardFunction } from "../actors/trainer/rewards.ts"
 import { isServerSpec } from "./remote-inference/protocol.ts"
@@ -33,6 +34,12 @@ export interface ExperimentConfig {
    * Leave it out to generate with the model.
    */
   readonly policy?: TextPolicy
+  /**
+   * Your own agent plays each episode instead of the environment (docs/agents.md): it is called with the row
+   * and an OpenAI base URL of its own, backed by the run's policy, and returns the reward. The rows still come
+   * from `environment` (its seeds) or `dataset`.
+   */
+  readonly agent?: Agent
   /** Seeded rows from a registered environment ... */
   readonly environment?: {
     readonly name: string
@@ -265,7 +272,7 @@ const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
 }
 
 /** The fields that carry functions beside the resolved experiment, by the path of their object. */
-const carried = { "": ["policy", "environments"], trainer: ["reward"], "trainer.warmStart": ["policy"] }
+const carried = { "": ["policy", "environments", "agent"], trainer: ["reward"], "trainer.warmStart": ["policy"] }
 const fields: ReadonlyArray<string> = [...Object.keys(ResolvedExperiment.fields), ...carried[""]]
 
 /**

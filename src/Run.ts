@@ -182,7 +182,8 @@ export const run = (requested: ResolvedExperiment, config: ExperimentConfig, opt
       sampling: experiment.sampling,
       envCallTimeoutMs: experiment.envCallTimeoutMs,
       seed: experiment.seed,
-      bufferCapacity: Math.max(16, experiment.concurrency)
+      bufferCapacity: Math.max(16, experiment.concurrency),
+      agent: config.agent
     }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(RemoteRun.localModel(experiment))))
     return yield* rollout(experiment, config, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })

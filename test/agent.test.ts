@@ -13,6 +13,7 @@ import { InferenceActor } from "../actors/inference/index.ts"
 import { AgentGateway } from "../src/AgentGateway.ts"
 import { Engine } from "../src/Engine.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
+import { defineExperiment, resolve } from "../src/Experiment.ts"
 import * as AgentEpisode from "../src/AgentEpisode.ts"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { GenerationResult, InferenceError } from "../src/Generation.ts"
@@ -313,6 +314,11 @@ describe("agents through the per-episode endpoint", () => {
 })
 
 describe("an engine whose experiment gives an agent", () => {
+  it("an experiment may give an agent beside its rows", () => {
+    const experiment = resolve(defineExperiment({ name: "agent", model: "models/x", agent: () => 1, environment: { name: "grid-quest", episodes: 2 } }))
+    assert.strictEqual(experiment.environment?.episodes, 2)
+  })
+
   const log = newLog()
   it.effect("runs the agent once per episode, a GRPO group per row", () =>
     Effect.gen(function*() {
