@@ -96,11 +96,53 @@ export const restoreToolCalls = (messages: Array<Json>, given: ReadonlyMap<strin
     }
   })
 
+const hermesCall = (call: ToolCall) => `<tool_call>\n{"name": "${call.function.name}", "arguments": ${call.function.arguments}}\n</tool_call>`
+
+// Qwen's words for the tools, for templates that have none of their own.
+const toolsPrompt = (tools: ReadonlyArray<Json>) =>
+  "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" +
+  tools.map((tool) => `\n${JSON.stringify(tool)}`).join("") +
+  "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"
+
+/**
+ * For a chat template that knows no tools (the project's tiny model, plain Llama 3 templates): the tools go
+ * into the system message and an assistant's tool calls into its content, both in the Hermes format that
+ * `parseReply` reads, so tool calls still round-trip token for token. Templates with tools get the request as is.
+ */
+export const forTemplate = (
+  template: string,
+  messages: Array<Json>,
+  tools: Array<Json>,
+  /** The generated text of the reply that made a tool call, by the call's id: restored verbatim. */
+  replyOf: (toolCallId: string) => string | undefined = () => undefined
+): { readonly messages: Array<Json>; readonly tools: Array<Json> } => {
+  const knowsCalls = template.includes("tool_calls")
+  const knowsTools = /\btools\b/.test(template)
+  let folded = knowsCalls
+    ? messages
+    : messages.map((m) => {
+      const calls = m["tool_calls"] as ReadonlyArray<ToolCall> | undefined
+      if (calls === undefined) return m
+      const { tool_calls: _calls, ...rest } = m
+      const replies = new Set(calls.map((call) => replyOf(call.id)))
+      const [reply] = replies
+      if (replies.size === 1 && reply !== undefined && parseReply(reply, () => "").content === m["content"]) return { ...rest, content: reply }
+      return { ...rest, content: [m["content"] as string, ...calls.map(hermesCall)].filter((part) => part !== "").join("\n") }
+    })
+  if (!knowsTools && tools.length > 0) {
+    const first = folded[0]
+    folded = first?.["role"] === "system"
+      ? [{ ...first, content: `${first["content"] as string}\n\n${toolsPrompt(tools)}` }, ...folded.slice(1)]
+      : [{ role: "system", content: toolsPrompt(tools) }, ...folded]
+  }
+  return { messages: folded, tools: knowsTools ? tools : [] }
+}
+
 /** The messages as the record keeps them: role and text; an assistant's tool calls as the template's text. */
 export const recordMessages = (messages: ReadonlyArray<Json>): Array<ChatMessage> =>
   messages.map((m) => {
     const calls = (m["tool_calls"] as ReadonlyArray<ToolCall> | undefined) ?? []
-    const content = [m["content"] as string, ...calls.map((c) => `<tool_call>\n{"name": "${c.function.name}", "arguments": ${c.function.arguments}}\n</tool_call>`)]
+    const content = [m["content"] as string, ...calls.map(hermesCall)]
       .filter((part) => part !== "")
       .join("\n")
     return { role: m["role"] as ChatMessage["role"], content }

@@ -125,9 +125,17 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
   let calls = 0
   /** The arguments text of every tool call this episode answered, by call id. */
   const given = new Map<string, string>()
+  /** The generated text of the reply that made each tool call, by call id. */
+  const replies = new Map<string, string>()
   const handle: Handler = async (body) => {
-    const messages = AgentChat.restoreToolCalls(AgentChat.templateMessages(body["messages"]), given)
-    const toolList = AgentChat.tools(body["tools"])
+    const request = AgentChat.forTemplate(
+      tokenizer.chatTemplate,
+      AgentChat.restoreToolCalls(AgentChat.templateMessages(body["messages"]), given),
+      AgentChat.tools(body["tools"]),
+      (id) => replies.get(id)
+    )
+    const messages = request.messages
+    const toolList = request.tools
     const requested = body["max_completion_tokens"] ?? body["max_tokens"]
     const maxTokens = typeof requested === "number" && Number.isInteger(requested) && requested > 0 ? requested : undefined
     let promptIds: Array<number>
@@ -154,7 +162,10 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
         throw actor.getSnapshot().status === "active" ? cause : ended()
       }).finally(() => waiters.delete(callId))
       const reply = AgentChat.parseReply(result.text, (i) => `${callId}-${i}`)
-      for (const call of reply.toolCalls) given.set(call.id, call.function.arguments)
+      for (const call of reply.toolCalls) {
+        given.set(call.id, call.function.arguments)
+        replies.set(call.id, result.text)
+      }
       const finishReason = (result as { readonly finishReason?: string }).finishReason
       const completion: AgentChat.Completion = {
         id: `chatcmpl-${episodeId}-${callId}`,

@@ -17,6 +17,8 @@ import type { MessageInit } from "./Message.ts"
 export interface ChatTokenizer {
   /** The directory the tokenizer was loaded from. */
   readonly directory: string
+  /** The chat template's Jinja source. */
+  readonly chatTemplate: string
   /** Token ids that end an assistant turn: eos, the template's end-of-turn token, generation_config's eos. */
   readonly stopTokenIds: ReadonlyArray<number>
   /** Renders the conversation with the chat template, ending with the generation prompt, as token ids. */
@@ -107,6 +109,7 @@ const fromPreTrained = (tokenizer: PreTrainedTokenizer, directory: string): Chat
 
   return {
     directory,
+    chatTemplate: String(tokenizer.chat_template),
     stopTokenIds,
     renderPrompt: (messages) => encode(render(messages, true)),
     renderChat: (messages, tools) => {

@@ -10,6 +10,7 @@ import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai"
 import { Effect, Layer, Stream } from "effect"
 import OpenAI from "openai"
 import { InferenceActor } from "../actors/inference/index.ts"
+import * as AgentChat from "../src/AgentChat.ts"
 import { AgentGateway } from "../src/AgentGateway.ts"
 import { Engine } from "../src/Engine.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
@@ -58,8 +59,8 @@ const scripted = (script: Script, log: Log) =>
     })
   )
 
-const layerOf = (script: Script, log: Log) =>
-  Layer.mergeAll(scripted(script, log), AgentGateway.layer()).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3)))
+const layerOf = (script: Script, log: Log, tokenizer: keyof typeof tokenizerDirs = "qwen3") =>
+  Layer.mergeAll(scripted(script, log), AgentGateway.layer()).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs[tokenizer])))
 
 const newLog = (): Log => ({ contexts: [], texts: [] })
 
@@ -179,6 +180,43 @@ describe("agents through the per-episode endpoint", () => {
       const n = toolResponses(context)
       return n === 0 ? `${toolCall("move", '{"dir": "up"}')}\n${toolCall("move", '{"dir": "right"}')}` : n === 2 ? toolCall("move", '{"dir": "down"}') : "arrived"
     }, log2))))
+
+  const logLlama = newLog()
+  it.effect("a template without tools (Llama 3's): tools in the system prompt, Llama's JSON calls round-trip token for token", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const moves: Array<string> = []
+      const t = yield* play(async ({ openai }) => {
+        const provider = createOpenAICompatible({ name: "episodic", baseURL: openai.baseURL, apiKey: openai.apiKey })
+        const result = await generateText({
+          model: provider("policy"),
+          prompt: "Reach the goal.",
+          tools: { move: tool({ description: "Move one step.", inputSchema: jsonSchema<{ dir: string }>({ type: "object", properties: { dir: { type: "string" } } }), execute: async ({ dir }) => (moves.push(dir), `moved ${dir}`) }) },
+          stopWhen: stepCountIs(4),
+          maxRetries: 0
+        })
+        return result.text === "arrived" ? 1 : 0
+      })
+      check(t, tokenizer, logLlama)
+      assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+      assert.deepStrictEqual(moves, ["up", "left"])
+      assert.isUndefined(t.sequences)
+      assert.include(tokenizer.decode(t.promptIds), "<tools>")
+    }).pipe(Effect.provide(layerOf((context) => {
+      const n = context.split("moved ").length - 1
+      return n === 0 ? '{"name": "move", "parameters": {"dir": "up"}}' : n === 1 ? `Next.\n${toolCall("move", '{"dir": "left"}')}` : "arrived"
+    }, logLlama, "llama3"))))
+
+  it("tool calls are read in the Hermes and Llama 3 formats; malformed ones stay text", () => {
+    const id = (i: number) => `c${i}`
+    assert.deepStrictEqual(AgentChat.parseReply('Go.\n<tool_call>\n{"name": "move", "arguments": {"dir": "up"}}\n</tool_call>', id), {
+      content: "Go.",
+      toolCalls: [{ id: "c0", type: "function", function: { name: "move", arguments: '{"dir": "up"}' } }]
+    })
+    assert.deepStrictEqual(AgentChat.parseReply('<|python_tag|>{"name": "move", "parameters": {"dir": "up"}}', id).toolCalls[0]?.function, { name: "move", arguments: '{"dir": "up"}' })
+    assert.deepStrictEqual(AgentChat.parseReply("<tool_call>\n{not json}\n</tool_call>", id).toolCalls, [])
+    assert.deepStrictEqual(AgentChat.parseReply("just text {", id), { content: "just text {", toolCalls: [] })
+  })
 
   const log3 = newLog()
   it.effect("the AI SDK's streamText: a streamed tool call and a streamed answer", () =>
