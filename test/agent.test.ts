@@ -13,7 +13,9 @@ import { InferenceActor } from "../actors/inference/index.ts"
 import * as AgentChat from "../src/AgentChat.ts"
 import { AgentGateway } from "../src/AgentGateway.ts"
 import { Engine } from "../src/Engine.ts"
+import { gridQuest } from "../src/environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
+import * as TextPolicy from "../src/TextPolicy.ts"
 import { defineExperiment, resolve } from "../src/Experiment.ts"
 import * as AgentEpisode from "../src/AgentEpisode.ts"
 import type { DatasetRow } from "../src/DatasetRow.ts"
@@ -384,6 +386,36 @@ describe("an engine whose experiment gives an agent", () => {
         return seed
       }
     })), Effect.provide(Layer.mergeAll(scripted(() => "ok", log)).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3))))))
+})
+
+describe("experiments/agent-grid-quest.ts", () => {
+  it.effect("the AI-SDK agent, answered by the solver's demonstrations through its endpoint, wins every game in one chain", () =>
+    Effect.gen(function*() {
+      const engine = yield* Engine
+      const rows = gridQuest.rows!({ seed: 7, count: 4, config: {} })
+      const records = yield* engine.run(Stream.fromIterable(rows)).pipe(Stream.runCollect)
+      assert.strictEqual(records.length, 4)
+      for (const t of records) {
+        assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+        assert.strictEqual(t.turns.findLast((turn) => turn.role === "assistant")?.info?.["success"], true)
+        assert.isUndefined(t.sequences, "each game is one token-consistent chain")
+        assert.isBelow(t.promptIds.length + t.responseIds.length, 1024, "it fits the micro model's context")
+      }
+    }).pipe(Effect.provide(Layer.unwrap(Effect.promise(async () => {
+      const { agent, demonstrations, default: experiment } = await import("../experiments/agent-grid-quest.ts")
+      const model = await tinyModel()
+      return Engine.layer({
+        environments: new EnvironmentRegistry(),
+        concurrency: 4,
+        samplesPerRow: 1,
+        limits: limits(experiment.limits),
+        sampling,
+        envCallTimeoutMs: 1_000,
+        seed: 0,
+        bufferCapacity: 8,
+        agent
+      }).pipe(Layer.provideMerge(TextPolicy.layer(demonstrations)), Layer.provideMerge(Tokenizer.layer(model)))
+    })))), 120_000)
 })
 
 describe("an agent on the tiny model through the inference actor", () => {
