@@ -272,7 +272,7 @@ const resolveTrainer = (input: ExperimentConfig["trainer"]) => {
 }
 
 /** The fields that carry functions beside the resolved experiment, by the path of their object. */
-const carried = { "": ["policy", "environments", "agent"], trainer: ["reward"], "trainer.warmStart": ["policy"] }
+const carried = { "": ["agent", "policy", "environments"], trainer: ["reward"], "trainer.warmStart": ["policy"] }
 const fields: ReadonlyArray<string> = [...Object.keys(ResolvedExperiment.fields), ...carried[""]]
 
 /**
