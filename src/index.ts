@@ -1,6 +1,8 @@
 /**
  * episodic: multi-turn reinforcement learning for language models. The public face of the library.
  */
+export * as AgentEpisode from "./AgentEpisode.ts"
+export { AgentGateway } from "./AgentGateway.ts"
 export * as Dataset from "./Dataset.ts"
 export type { DatasetRow } from "./DatasetRow.ts"
 export { Engine, type EngineOptions, EngineOptionsError } from "./Engine.ts"
@@ -33,6 +35,7 @@ export * as TextPolicy from "./TextPolicy.ts"
 export { type ChatTokenizer, Tokenizer } from "./Tokenizer.ts"
 export * as Trajectory from "./Trajectory.ts"
 export { episodeMachine, type EpisodeInput, type EpisodeLimits } from "../machines/episode.ts"
+export { agentEpisodeMachine } from "../machines/agent-episode.ts"
 export { InferenceActor, type InferenceActorOptions } from "../actors/inference/index.ts"
 export { initModel } from "./model/init.ts"
 export { readConfig, presets, type LlamaConfig } from "./model/config.ts"
