@@ -184,6 +184,18 @@ const run = Command.make(
   ])
 )
 
+/** Waits for Ctrl-C or SIGTERM: a server command runs until then, and its scope closes the server. */
+const untilStopped = Effect.gen(function*() {
+  const stop = yield* Deferred.make<void>()
+  const onSignal = () => Deferred.doneUnsafe(stop, Exit.void)
+  process.on("SIGINT", onSignal)
+  process.on("SIGTERM", onSignal)
+  yield* Deferred.await(stop).pipe(Effect.ensuring(Effect.sync(() => {
+    process.off("SIGINT", onSignal)
+    process.off("SIGTERM", onSignal)
+  })))
+})
+
 const serveEnv = Command.make(
   "serve-env",
   {
@@ -247,14 +259,7 @@ const serveEnv = Command.make(
       yield* Console.log(
         `episodic serve-env ${definition.name}: listening on ${server.url} (WebSocket ${server.url.replace(/^http/, "ws")}/ws); Ctrl-C to stop`
       )
-      const stop = yield* Deferred.make<void>()
-      const onSignal = () => Deferred.doneUnsafe(stop, Exit.void)
-      process.on("SIGINT", onSignal)
-      process.on("SIGTERM", onSignal)
-      yield* Deferred.await(stop).pipe(Effect.ensuring(Effect.sync(() => {
-        process.off("SIGINT", onSignal)
-        process.off("SIGTERM", onSignal)
-      })))
+      yield* untilStopped
     }))
     yield* Console.log("episodic serve-env: stopped")
   })
@@ -294,14 +299,7 @@ const serveModel = Command.make(
         token: Option.getOrUndefined(flags.token) ?? (process.env["EPISODIC_INFERENCE_TOKEN"] || undefined)
       })
       yield* Console.log(`episodic serve ${server.model}: listening on ${server.url} (OpenAI /v1, vLLM /inference/v1/generate); Ctrl-C to stop`)
-      const stop = yield* Deferred.make<void>()
-      const onSignal = () => Deferred.doneUnsafe(stop, Exit.void)
-      process.on("SIGINT", onSignal)
-      process.on("SIGTERM", onSignal)
-      yield* Deferred.await(stop).pipe(Effect.ensuring(Effect.sync(() => {
-        process.off("SIGINT", onSignal)
-        process.off("SIGTERM", onSignal)
-      })))
+      yield* untilStopped
     }))
     yield* Console.log("episodic serve: stopped")
   })
