@@ -114,6 +114,14 @@ export const decode: (json: unknown) => Trajectory = Schema.decodeUnknownSync(Tr
 
 /** The token-level invariant every record keeps; returns what is wrong, or undefined. */
 export const violation = (t: Trajectory): string | undefined => {
+  for (const [i, sequence] of (t.sequences ?? []).entries()) {
+    const wrong = sequenceViolation(sequence)
+    if (wrong !== undefined) return `sequences[${i}]: ${wrong}`
+  }
+  return sequenceViolation(t)
+}
+
+const sequenceViolation = (t: Pick<Trajectory, "responseIds" | "responseMask" | "responseLogprobs">): string | undefined => {
   const n = t.responseIds.length
   if (t.responseMask.length !== n || t.responseLogprobs.length !== n) {
     return `response_ids (${n}), response_mask (${t.responseMask.length}) and response_logprobs (${t.responseLogprobs.length}) differ in length`
