@@ -271,7 +271,7 @@ describe("agents through the per-episode endpoint", () => {
     }).pipe(Effect.provide(layerOf((context) => `reply ${context.length}`, log4))))
 
   const log5 = newLog()
-  it.effect("an agent that throws ends env_error with its error; one that never calls the model says so", () =>
+  it.effect("an agent that throws ends env_error with its error; an ended episode's URL is gone; one that never calls the model says so", () =>
     Effect.gen(function*() {
       const thrown = yield* play(async ({ openai }) => {
         const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
@@ -281,6 +281,18 @@ describe("agents through the per-episode endpoint", () => {
       assert.strictEqual(thrown.finishReason, "env_error")
       assert.deepStrictEqual(thrown.error, { type: "TypeError", message: "the agent's tool broke" })
       assert.strictEqual(thrown.numTurns, 1)
+      let baseURL = ""
+      let modelsWhileRunning = 0
+      yield* play(async ({ openai }) => {
+        baseURL = openai.baseURL
+        modelsWhileRunning = (await fetch(`${openai.baseURL}/models`)).status
+        const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+        await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "hi" }] })
+        return 0
+      })
+      assert.strictEqual(modelsWhileRunning, 200)
+      const after = yield* Effect.promise(() => fetch(`${baseURL}/chat/completions`, { method: "POST", body: "{}" }))
+      assert.strictEqual(after.status, 404, "an ended episode's URL answers 404")
       const idle = yield* play(() => 1)
       assert.strictEqual(idle.finishReason, "env_error")
       assert.strictEqual(idle.error?.type, "AgentMadeNoCalls")
