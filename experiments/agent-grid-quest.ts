@@ -4,7 +4,7 @@
  * up and completes the quest once the agent stands on it, so the policy's task is the walk). episodic records every call token for token and trains the model behind that URL (docs/agents.md).
  *
  * 1. Warm start: the scripted solver answers the agent's calls with the tool calls it would make, through
- *    the same endpoint and template; SFT on those demonstrations teaches the call format.
+ *    the same endpoint and template, and SFT on them (docs/agents.md has what one run on 2 cores reached).
  * 2. GRPO on the agent's own episodes; the agent's reward is the environment's.
  * 3. Greedy play on held-out seeds, after the warm start and at the end.
  *
