@@ -24,8 +24,6 @@ import * as path from "node:path"
 import { InferenceActor, type SchedulerStats } from "../actors/inference/index.ts"
 import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine } from "../src/Engine.ts"
-import { define, type Environment } from "../src/Environment.ts"
-import { gridQuest } from "../src/environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
 import { SamplingParams } from "../src/Generation.ts"
 import { Inference } from "../src/Inference.ts"
@@ -33,8 +31,8 @@ import type { MessageInit } from "../src/Message.ts"
 import { initModel } from "../src/model/init.ts"
 import { load as loadTokenizer, Tokenizer, type ChatTokenizer } from "../src/Tokenizer.ts"
 import type { Trajectory } from "../src/Trajectory.ts"
+import { slowGridQuest, slowGridQuestRows } from "./workload/slowGridQuest.ts"
 
-const ENV_LATENCY_MS = 20
 const MAX_BATCH = 128
 const EPISODES = 1024
 const CONCURRENCY = 3 * MAX_BATCH
@@ -42,30 +40,6 @@ const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
 const SEQUENTIAL_EPISODES = 16
 const NAIVE_EPISODES = 32
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-/** grid-quest whose every step takes ENV_LATENCY_MS, as a remote environment would. */
-const slowGridQuest = define({
-  name: "grid-quest-slow",
-  description: "grid-quest with a simulated step latency",
-  make: (config: Record<string, unknown>): Environment => {
-    const inner = gridQuest.make(config)
-    return {
-      reset: (options) => inner.reset(options),
-      step: async (action, options) => {
-        await sleep(ENV_LATENCY_MS)
-        return inner.step(action, options)
-      }
-    }
-  }
-})
-
-const rowsFor = (count: number): Array<DatasetRow> =>
-  gridQuest.rows!({ seed: 1, count, config: {} }).map((row) => ({
-    ...row,
-    extra_info: { ...row.extra_info, interaction_kwargs: { name: "grid-quest-slow" } }
-  }))
 
 const generatedTokens = (trajectories: ReadonlyArray<Trajectory>) =>
   trajectories.reduce((sum, t) => sum + t.responseMask.reduce<number>((s, m) => s + m, 0), 0)
@@ -76,7 +50,7 @@ const engineEpisodes = (actor: InferenceActor, model: string) =>
     Effect.gen(function*() {
       const engine = yield* Engine
       const started = performance.now()
-      const trajectories = Array.from(yield* Stream.runCollect(engine.run(Stream.fromIterable(rowsFor(EPISODES)))))
+      const trajectories = Array.from(yield* Stream.runCollect(engine.run(Stream.fromIterable(slowGridQuestRows(EPISODES)))))
       return { trajectories, seconds: (performance.now() - started) / 1000 }
     }).pipe(
       Effect.provide(
@@ -196,7 +170,7 @@ export default async function inferenceBenchmark(): Promise<void> {
   transformersEnv.allowRemoteModels = false
   transformersEnv.localModelPath = "/"
   const hf = await AutoModelForCausalLM.from_pretrained(model, { local_files_only: true, dtype: "fp32" })
-  const rows = rowsFor(Math.max(SEQUENTIAL_EPISODES, NAIVE_EPISODES))
+  const rows = slowGridQuestRows(Math.max(SEQUENTIAL_EPISODES, NAIVE_EPISODES))
   const sequential = await runHarness(hf, tokenizer, rows.slice(0, SEQUENTIAL_EPISODES), false)
   const naive = await runHarness(hf, tokenizer, rows.slice(0, NAIVE_EPISODES), true)
   await hf.dispose()

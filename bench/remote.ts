@@ -17,45 +17,22 @@ import { rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { InferenceActor } from "../actors/inference/index.ts"
-import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine } from "../src/Engine.ts"
-import { define, type Environment } from "../src/Environment.ts"
-import { gridQuest } from "../src/environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
 import { SamplingParams } from "../src/Generation.ts"
 import { Inference } from "../src/Inference.ts"
 import { initModel } from "../src/model/init.ts"
 import { RemoteInference } from "../src/remote-inference/RemoteInference.ts"
 import { Tokenizer } from "../src/Tokenizer.ts"
+import { slowGridQuest, slowGridQuestRows } from "./workload/slowGridQuest.ts"
 
-const ENV_LATENCY_MS = 20
 const MAX_BATCH = 128
 const EPISODES = 768
 const CONCURRENCY = 3 * MAX_BATCH
 const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
-
-const slowGridQuest = define({
-  name: "grid-quest-slow",
-  description: "grid-quest with a simulated step latency",
-  make: (config: Record<string, unknown>): Environment => {
-    const inner = gridQuest.make(config)
-    return {
-      reset: (options) => inner.reset(options),
-      step: async (action, options) => {
-        await sleep(ENV_LATENCY_MS)
-        return inner.step(action, options)
-      }
-    }
-  }
-})
-
-const rows: Array<DatasetRow> = gridQuest.rows!({ seed: 1, count: EPISODES, config: {} }).map((row) => ({
-  ...row,
-  extra_info: { ...row.extra_info, interaction_kwargs: { name: "grid-quest-slow" } }
-}))
+const rows = slowGridQuestRows(EPISODES)
 
 /** The engine's episodes through `inference`, timing every turn's request. */
 const play = (inference: Inference["Service"], model: string) => {

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { BatchScheduler, type SchedulerRequest, type SchedulerResult } from "../actors/inference/BatchScheduler.ts"
 import { OnnxCausalLM } from "../actors/inference/OnnxCausalLM.ts"
-import { fullForward, isArgmax } from "./reference.ts"
+import { fullForward, isArgmax, sampledLogprob } from "./reference.ts"
 import { tinyModel } from "./support.ts"
 
 let directory: string
@@ -35,11 +35,7 @@ const worstDifference = async (request: SchedulerRequest, result: SchedulerResul
   let worst = 0
   result.tokenIds.forEach((token, i) => {
     const row = logits.subarray((request.contextIds.length + i - 1) * vocab, (request.contextIds.length + i) * vocab)
-    let max = -Infinity
-    for (const value of row) max = Math.max(max, value)
-    let sum = 0
-    for (const value of row) sum += Math.exp(value - max)
-    worst = Math.max(worst, Math.abs(row[token]! - max - Math.log(sum) - result.logprobs[i]!))
+    worst = Math.max(worst, Math.abs(sampledLogprob(row, token, request)! - result.logprobs[i]!))
     expect(isArgmax(row, token, 1e-4)).toBe(true)
   })
   return worst

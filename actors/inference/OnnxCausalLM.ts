@@ -7,6 +7,7 @@ import * as ort from "onnxruntime-node"
 import onnxProto from "onnx-proto"
 import { existsSync, readFileSync } from "node:fs"
 import * as path from "node:path"
+import { defaultHeadDim } from "../../src/model/family.ts"
 import { graphFor, publishedGraph, type GraphDtype } from "../../src/model/huggingFace.ts"
 import { fromFloat16, toFloat16 } from "../../src/model/safetensors.ts"
 
@@ -60,8 +61,7 @@ const readShape = (directory: string): ModelShape => {
   return {
     numLayers: layers,
     kvHeads: raw.num_key_value_heads ?? heads,
-    // Qwen3's config class defaults head_dim to 128, not hidden / heads.
-    headDim: raw.head_dim ?? ((raw as Record<string, unknown>).model_type === "qwen3" ? 128 : hidden / heads),
+    headDim: raw.head_dim ?? defaultHeadDim((raw as Record<string, unknown>).model_type, hidden, heads),
     vocabSize: raw.vocab_size
   }
 }

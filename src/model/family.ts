@@ -21,6 +21,10 @@ import { Schema } from "effect"
 
 export type Family = "llama" | "mistral" | "qwen2" | "qwen3"
 
+/** head_dim when config.json leaves it out, as the family's config class defaults it (Qwen3Config: 128). */
+export const defaultHeadDim = (modelType: unknown, hiddenSize: number, numHeads: number): number =>
+  modelType === "qwen3" ? 128 : hiddenSize / numHeads
+
 export const families: ReadonlyArray<Family> = ["llama", "mistral", "qwen2", "qwen3"]
 
 /** Rotary embeddings: Hugging Face's default, or Llama 3's frequency-dependent scaling. */
@@ -136,7 +140,7 @@ export const describe = (raw: Record<string, unknown>, file = "config.json"): Mo
   const numKeyValueHeads = raw.num_key_value_heads === undefined || raw.num_key_value_heads === null ? numHeads : positiveInt(raw, "num_key_value_heads", file)
   if (numHeads % numKeyValueHeads !== 0) return refuse(file, `num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKeyValueHeads}`)
   const headDim = raw.head_dim === undefined || raw.head_dim === null
-    ? (family === "qwen3" ? 128 : hiddenSize / numHeads)
+    ? defaultHeadDim(family, hiddenSize, numHeads)
     : positiveInt(raw, "head_dim", file)
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) return refuse(file, `head_dim ${headDim} must be an even integer`)
   const attentionBias = raw.attention_bias === true

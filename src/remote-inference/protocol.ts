@@ -187,13 +187,24 @@ const versionOf = (value: unknown): number | undefined => {
   return typeof number === "number" && Number.isInteger(number) ? number : undefined
 }
 
-/** `POST /inference/v1/generate`: `choices[0].token_ids`, `choices[0].logprobs.content[].logprob`. */
-export const readVllmGenerate = (where: string, body: unknown, request: GenerationRequest): ServerReply => {
+/**
+ * A vLLM reply's first choice: `token_ids`, the list at `logprobsPath` (each entry's logprob read by
+ * `logprobOf`, named `entryName` in errors), `finish_reason`.
+ */
+const readVllmChoice = (
+  where: string,
+  body: unknown,
+  request: GenerationRequest,
+  logprobsPath: string,
+  entryName: string,
+  logprobOf: (entry: unknown) => unknown
+): ServerReply => {
   const tokenIds = intList(where, body, "choices.0.token_ids")
-  const content = field(where, body, "choices.0.logprobs.content")
-  if (!Array.isArray(content)) throw new ReplyError(`${where}: \`choices[0].logprobs.content\` is not a list`)
-  const logprobs = logprobList(where, content.map((entry) => (isRecord(entry) ? entry["logprob"] : undefined)), "choices[0].logprobs.content[].logprob")
-  checkLengths(where, tokenIds, logprobs, "choices[0].token_ids", "choices[0].logprobs.content")
+  const named = `choices[0].${logprobsPath}`
+  const list = field(where, body, `choices.0.${logprobsPath}`)
+  if (!Array.isArray(list)) throw new ReplyError(`${where}: \`${named}\` is not a list`)
+  const logprobs = logprobList(where, list.map(logprobOf), entryName)
+  checkLengths(where, tokenIds, logprobs, "choices[0].token_ids", named)
   return {
     tokenIds,
     logprobs,
@@ -202,20 +213,13 @@ export const readVllmGenerate = (where: string, body: unknown, request: Generati
   }
 }
 
+/** `POST /inference/v1/generate`: `choices[0].token_ids`, `choices[0].logprobs.content[].logprob`. */
+export const readVllmGenerate = (where: string, body: unknown, request: GenerationRequest): ServerReply =>
+  readVllmChoice(where, body, request, "logprobs.content", "choices[0].logprobs.content[].logprob", (entry) => (isRecord(entry) ? entry["logprob"] : undefined))
+
 /** `POST /v1/completions` with `return_token_ids`: `choices[0].token_ids`, `choices[0].logprobs.token_logprobs`. */
-export const readVllmCompletions = (where: string, body: unknown, request: GenerationRequest): ServerReply => {
-  const tokenIds = intList(where, body, "choices.0.token_ids")
-  const list = field(where, body, "choices.0.logprobs.token_logprobs")
-  if (!Array.isArray(list)) throw new ReplyError(`${where}: \`choices[0].logprobs.token_logprobs\` is not a list`)
-  const logprobs = logprobList(where, list, "choices[0].logprobs.token_logprobs")
-  checkLengths(where, tokenIds, logprobs, "choices[0].token_ids", "choices[0].logprobs.token_logprobs")
-  return {
-    tokenIds,
-    logprobs,
-    finishReason: finishReasonOf(where, field(where, body, "choices.0.finish_reason"), "choices[0].finish_reason", tokenIds, request),
-    version: versionOf((body as Record<string, unknown>)["policy_version"])
-  }
-}
+export const readVllmCompletions = (where: string, body: unknown, request: GenerationRequest): ServerReply =>
+  readVllmChoice(where, body, request, "logprobs.token_logprobs", "choices[0].logprobs.token_logprobs", (entry) => entry)
 
 /** SGLang's `POST /generate`: `output_ids`, `meta_info.output_token_logprobs[i] = [logprob, id, text]`. */
 export const readSglangGenerate = (where: string, body: unknown, request: GenerationRequest): ServerReply => {
