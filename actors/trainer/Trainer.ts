@@ -322,12 +322,15 @@ export class Trainer {
     }
   }
 
-  /** One RL update on a batch of trajectories (a whole number of GRPO groups, ideally). */
-  update(trajectories: ReadonlyArray<Trajectory>): UpdateMetrics {
+  /**
+   * One RL update on a batch of trajectories (a whole number of GRPO groups, ideally). `given` scores, one
+   * per trajectory, replace the reward manager's (a trainer on its own thread gets them from the run's).
+   */
+  update(trajectories: ReadonlyArray<Trajectory>, given?: ReadonlyArray<number>): UpdateMetrics {
     const started = performance.now()
     const a = this.#algorithm
     const samples = trajectories.flatMap((t, i) => (usable(t) ? [sampleOf(t, i)] : []))
-    const scores = samples.map((s) => this.#reward(trajectories[s.index]!))
+    const scores = samples.map((s) => given?.[s.index] ?? this.#reward(trajectories[s.index]!))
     const tokens = samples.reduce((n, s) => n + s.scored.length, 0)
     const totals = { policy: 0, value: 0, entropy: 0, kl: 0, clip: 0, approxKl: 0, gradNorm: 0, lr: 0, steps: 0, diffMax: 0, diffSum: 0, diffCount: 0,
       diffOver: 0, otherVersion: 0, diffAt: undefined as { index: number; position: number } | undefined }
