@@ -126,7 +126,8 @@ interface Sample {
   refLogprobs?: Float64Array
 }
 
-const usable = (t: Trajectory) =>
+/** Whether a trajectory is trained on: it ended without an error and the policy generated in it. */
+export const usable = (t: Trajectory) =>
   t.error === null && t.finishReason !== "interrupted" && t.responseMask.some((m) => m === 1)
 
 /** The version of each response token (-1 where no assistant turn covers it). */
