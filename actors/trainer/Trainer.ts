@@ -112,9 +112,12 @@ export interface SftMetrics {
   readonly seconds: number
 }
 
-/** One trajectory laid out for the twin: the full sequence and where its generated tokens sit. */
+/** One chain of a trajectory laid out for the twin: the full sequence and where its generated tokens sit. */
 interface Sample {
+  /** The trajectory's index in the batch: every chain of one trajectory shares it, and its score. */
   readonly index: number
+  /** The chain: the trajectory itself, or one of its `sequences` with the trajectory's other fields. */
+  readonly chain: Trajectory
   readonly sequence: ReadonlyArray<number>
   readonly scored: ReadonlyArray<number>
   readonly oldLogprobs: ReadonlyArray<number>
@@ -140,6 +143,26 @@ const tokenVersions = (t: Trajectory): Int32Array => {
   return versions
 }
 
+/**
+ * A trajectory's chains as trajectories of their own: the main sequence, then each of `sequences` (an agent
+ * that rewrote its history, docs/agents.md). Every chain's generated tokens are trained on, with the
+ * episode's score and advantage.
+ */
+const chainsOf = (t: Trajectory): Array<Trajectory> => [t, ...(t.sequences ?? []).map((sequence) => ({ ...t, ...sequence }))]
+
+/** A batch's samples: one per chain with a generated token, of every usable trajectory. */
+const samplesOf = (trajectories: ReadonlyArray<Trajectory>): Array<Sample> =>
+  trajectories.flatMap((t, i) => (usable(t) ? chainsOf(t).filter((c) => c.responseMask.some((m) => m === 1)).map((c) => sampleOf(c, i)) : []))
+
+/** The sampled trajectories' indices, each once. */
+const trajectoryIndices = (samples: ReadonlyArray<Sample>): Array<number> => [...new Set(samples.map((s) => s.index))]
+
+/** The mean score over the sampled trajectories, each once however many chains it has. */
+const meanScore = (samples: ReadonlyArray<Sample>, scores: ReadonlyArray<number>): number => {
+  const scoreOf = new Map(samples.map((s, i) => [s.index, scores[i]!]))
+  return scoreOf.size > 0 ? [...scoreOf.values()].reduce((x, y) => x + y, 0) / scoreOf.size : 0
+}
+
 const sampleOf = (t: Trajectory, index: number): Sample => {
   const scored: Array<number> = []
   const oldLogprobs: Array<number> = []
@@ -152,7 +175,7 @@ const sampleOf = (t: Trajectory, index: number): Sample => {
       versions.push(versionOf[i]!)
     }
   })
-  return { index, sequence: [...t.promptIds, ...t.responseIds], scored, oldLogprobs, versions, advantages: new Float64Array(scored.length) }
+  return { index, chain: t, sequence: [...t.promptIds, ...t.responseIds], scored, oldLogprobs, versions, advantages: new Float64Array(scored.length) }
 }
 
 /** Adds a micro-batch's gradients to the sum so far (freeing both addends). */
@@ -293,14 +316,18 @@ export class Trainer {
   #prepare(trajectories: ReadonlyArray<Trajectory>, samples: Array<Sample>, scores: ReadonlyArray<number>): void {
     const a = this.#algorithm
     if (a.estimator === "grpo") {
-      const advantages = groupAdvantages(scores, samples.map((s) => trajectories[s.index]!.groupId), { normalizeStd: a.normalizeStd })
-      samples.forEach((s, i) => s.advantages.fill(advantages[i]!))
+      // One advantage per trajectory, against its group's trajectories (not their chains); each chain takes it.
+      const indices = trajectoryIndices(samples)
+      const scoreOf = new Map(samples.map((s, i) => [s.index, scores[i]!]))
+      const advantages = groupAdvantages(indices.map((i) => scoreOf.get(i)!), indices.map((i) => trajectories[i]!.groupId), { normalizeStd: a.normalizeStd })
+      const advantageOf = new Map(indices.map((index, i) => [index, advantages[i]!]))
+      samples.forEach((s) => s.advantages.fill(advantageOf.get(s.index)!))
     } else {
       // PPO: the critic's values at the generated tokens, GAE over them as the steps, then whitening.
       const evaluated = this.#evaluate(this.model, samples)
       const flat: Array<number> = []
       samples.forEach((s, i) => {
-        const trajectory = trajectories[s.index]!
+        const trajectory = s.chain
         const rewardsAtTokens = tokenRewards(trajectory, scores[i]!, a.rewardPlacement)
         const stepRewards = s.scored.map((position) => rewardsAtTokens[position - trajectory.promptIds.length]!)
         const values = evaluated[i]!.values!
@@ -330,7 +357,7 @@ export class Trainer {
   update(trajectories: ReadonlyArray<Trajectory>, given?: ReadonlyArray<number>): UpdateMetrics {
     const started = performance.now()
     const a = this.#algorithm
-    const samples = trajectories.flatMap((t, i) => (usable(t) ? [sampleOf(t, i)] : []))
+    const samples = samplesOf(trajectories)
     const scores = samples.map((s) => given?.[s.index] ?? this.#reward(trajectories[s.index]!))
     const tokens = samples.reduce((n, s) => n + s.scored.length, 0)
     const totals = { policy: 0, value: 0, entropy: 0, kl: 0, clip: 0, approxKl: 0, gradNorm: 0, lr: 0, steps: 0, diffMax: 0, diffSum: 0, diffCount: 0,
@@ -367,10 +394,10 @@ export class Trainer {
     const per = Math.max(1, totals.steps)
     return {
       version: this.version,
-      trajectories: samples.length,
-      skipped: trajectories.length - samples.length,
+      trajectories: trajectoryIndices(samples).length,
+      skipped: trajectories.length - trajectoryIndices(samples).length,
       tokens,
-      score_mean: scores.length > 0 ? scores.reduce((x, y) => x + y, 0) / scores.length : 0,
+      score_mean: meanScore(samples, scores),
       policy_loss: totals.policy / per,
       ...(a.estimator === "ppo" ? { value_loss: totals.value / per } : {}),
       entropy: totals.entropy / per,
@@ -486,7 +513,7 @@ export class Trainer {
     options: { readonly steps: number; readonly batchSize?: number; readonly learningRate?: number }
   ): SftMetrics {
     const started = performance.now()
-    const samples = trajectories.flatMap((t, i) => (usable(t) ? [sampleOf(t, i)] : []))
+    const samples = samplesOf(trajectories)
     if (samples.length === 0) throw new Error("sft: no demonstration has a generated token")
     const batchSize = options.batchSize ?? 32
     // Its own AdamW (a short warmup, then constant): the RL updates after it start with fresh moments, as
