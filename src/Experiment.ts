@@ -67,7 +67,7 @@ export interface ExperimentConfig {
   /** The shared inference actor's settings (see actors/inference); `remote` for inference servers. */
   readonly inference?: Partial<Omit<InferenceSettings, "remote">> & { readonly remote?: Partial<RemoteInferenceSettings> }
   /** Make the model with `episodic model init` when its directory has none yet (the default experiment does). */
-  readonly modelInit?: { readonly preset?: Preset; readonly seed?: number }
+  readonly modelInit?: { readonly preset?: Preset; readonly seed?: number; readonly toolCalls?: boolean }
   /**
    * After the run, play held-out seeds of the environment with greedy decoding (or the run's sampling):
    * eval/trajectories.jsonl, and eval_success / eval_mean_reward in summary.json. `splits` plays `episodes` of
@@ -136,7 +136,9 @@ export const ResolvedExperiment = Schema.Struct({
   }),
   modelInit: Schema.optional(Schema.Struct({
     preset: Schema.Literals(["micro", "tiny", "small"]),
-    seed: Schema.Int
+    seed: Schema.Int,
+    /** The tokenizer also learns agents' tool calls (`initModel`'s `toolCalls`, docs/agents.md). */
+    toolCalls: Schema.optional(Schema.Boolean)
   })),
   evaluation: Schema.optional(Schema.Struct({
     episodes: PositiveInt,
@@ -156,6 +158,8 @@ export const ResolvedExperiment = Schema.Struct({
     checkpointEvery: NonNegativeInt,
     resume: Schema.Boolean,
     backend: Schema.Literals(["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"]),
+    /** "worker": the trainer computes on its own thread, beside generation. "main": on the run's thread. */
+    thread: Schema.Literals(["worker", "main"]),
     microBatchTokens: PositiveInt,
     algorithm: Schema.Struct({
       estimator: Schema.Literals(["grpo", "ppo"]),
@@ -227,6 +231,7 @@ const defaults = {
     checkpointEvery: 10,
     resume: false,
     backend: "auto",
+    thread: "worker",
     microBatchTokens: 4096,
     algorithm: {
       estimator: "grpo",

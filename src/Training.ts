@@ -16,7 +16,8 @@ import { mkdirSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
 import * as Checkpoint from "../actors/trainer/checkpoint.ts"
 import type { LearningRateSchedule } from "../actors/trainer/optimizer.ts"
-import { Trainer, type UpdateMetrics } from "../actors/trainer/Trainer.ts"
+import { TrainerThread } from "../actors/trainer/thread.ts"
+import type { UpdateMetrics } from "../actors/trainer/Trainer.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
 import type * as Dataset from "./Dataset.ts"
 import { Engine } from "./Engine.ts"
@@ -94,7 +95,7 @@ export const train = (input: TrainingInput) =>
     const trainer = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () =>
-          Trainer.create({
+          TrainerThread.start({
             model: modelDirectory,
             algorithm: { ...settings.algorithm, ...(config.trainer?.reward === undefined ? {} : { rewards: config.trainer.reward }) },
             optimizer: {
@@ -106,17 +107,22 @@ export const train = (input: TrainingInput) =>
             ...RemoteRun.trainerScoring(experiment),
             microBatchTokens: settings.microBatchTokens,
             backend: settings.backend,
+            thread: settings.thread,
             seed: experiment.seed
           }),
         catch: fail("cannot start the trainer")
       }),
-      (trainer) => Effect.sync(() => trainer.dispose())
+      (trainer) => Effect.promise(() => trainer.close())
     )
-    log(`trainer: TensorFlow.js backend ${trainer.backend}, ${settings.algorithm.estimator}, ${experiment.samplesPerRow} samples x ${settings.promptsPerUpdate} prompts per update`)
+    log(`trainer: TensorFlow.js backend ${trainer.backend} on ${settings.thread === "worker" ? "its own thread" : "the run's thread"}, ${settings.algorithm.estimator}, ${experiment.samplesPerRow} samples x ${settings.promptsPerUpdate} prompts per update`)
+
+    /** Asks the trainer thread; a failure names what was being done. */
+    const ask = <A>(what: string, call: () => Promise<A>) => Effect.tryPromise({ try: call, catch: fail(what) })
 
     const sync = Effect.fnUntraced(function*() {
       const started = performance.now()
-      yield* inference.updateWeights!(trainer.policyWeights(), trainer.version)
+      const weights = yield* ask("cannot read the trainer's weights", () => trainer.policyWeights())
+      yield* inference.updateWeights!(weights, trainer.version)
       return (performance.now() - started) / 1000
     })
 
@@ -133,7 +139,7 @@ export const train = (input: TrainingInput) =>
 
     const resumed = settings.resume ? Checkpoint.load(checkpointDirectory) : undefined
     if (resumed !== undefined) {
-      yield* Effect.try({ try: () => trainer.restore(resumed.weights, resumed.optimizer, resumed.state.version), catch: fail(`cannot resume from ${checkpointDirectory}`) })
+      yield* ask(`cannot resume from ${checkpointDirectory}`, () => trainer.restore(resumed.weights, resumed.optimizer, resumed.state.version))
       updates = resumed.state.updates
       rowsConsumed = resumed.state.rowsConsumed
       staleDropped = resumed.state.staleDropped
@@ -163,10 +169,8 @@ export const train = (input: TrainingInput) =>
           Stream.runCollect
         )
       }).pipe(Effect.provide(demoEngine))
-      const sft = yield* Effect.try({
-        try: () => trainer.sft(demonstrations, { steps: warmStart.steps, batchSize: warmStart.batchSize, learningRate: warmStart.learningRate }),
-        catch: fail("warm start failed")
-      })
+      const sft = yield* ask("warm start failed", () =>
+        trainer.sft(demonstrations, { steps: warmStart.steps, batchSize: warmStart.batchSize, learningRate: warmStart.learningRate }))
       yield* sync()
       warmstartSeconds = (performance.now() - started) / 1000
       if (experiment.evaluation !== undefined) {
@@ -181,9 +185,13 @@ export const train = (input: TrainingInput) =>
     const deadline = trainStarted + settings.maxMinutes * 60_000
     const batches = yield* Queue.bounded<ReadonlyArray<Trajectory>, Cause.Done>(Math.max(1, settings.maxPolicyLag))
 
-    // Generation: batch after batch of rows, each batch's trajectories written as they finish. With
-    // maxPolicyLag 0 the producer waits for the trainer before each batch (strictly on-policy).
-    const trained = yield* Queue.bounded<void>(1)
+    // Generation: batch after batch of rows, each batch's trajectories written as they finish. Batch k is
+    // trained when the trainer has made k updates; started after u updates, its turns are at most k - u
+    // versions old. So batch k starts once u >= k - maxPolicyLag: a permit per batch, maxPolicyLag + 1 of
+    // them at first and one more after each update's weights reach the actor. With maxPolicyLag 0 that is
+    // strictly on-policy; above it, generation runs ahead exactly as far as the bound lets it train.
+    const permits = yield* Queue.unbounded<void>()
+    for (let i = 0; i <= settings.maxPolicyLag; i++) yield* Queue.offer(permits, undefined)
     const firstBatch = updates
     const producer = input.rows.pipe(
       Stream.drop(rowsConsumed),
@@ -191,6 +199,7 @@ export const train = (input: TrainingInput) =>
       Stream.zipWithIndex,
       Stream.runForEach(([group, index]) =>
         Effect.gen(function*() {
+          yield* Queue.take(permits)
           if (performance.now() > deadline) return yield* Effect.interrupt
           const rows: ReadonlyArray<DatasetRow> = group
           const batch = yield* engine.run(Stream.fromIterable(rows), { stop: input.stop, idPrefix: `u${firstBatch + index}-` }).pipe(
@@ -198,7 +207,6 @@ export const train = (input: TrainingInput) =>
             Stream.runCollect
           )
           yield* Queue.offer(batches, batch)
-          if (settings.maxPolicyLag === 0) yield* Queue.take(trained)
         })
       ),
       Effect.ensuring(Queue.end(batches)),
@@ -216,7 +224,7 @@ export const train = (input: TrainingInput) =>
       const { fresh, stale } = splitByLag(batch, trainer.version, settings.maxPolicyLag)
       staleDropped += settings.staleTrajectories === "drop" ? stale.length : 0
       const trainOn = settings.staleTrajectories === "drop" ? fresh : batch
-      const metrics: UpdateMetrics = yield* Effect.try({ try: () => trainer.update(trainOn), catch: fail(`update ${updates + 1} failed`) })
+      const metrics: UpdateMetrics = yield* ask(`update ${updates + 1} failed`, () => trainer.update(trainOn))
       const syncTime = yield* sync()
       updates += 1
       updateSeconds += metrics.update_seconds
@@ -251,22 +259,19 @@ export const train = (input: TrainingInput) =>
       if (settings.checkpointEvery > 0 && updates % settings.checkpointEvery === 0) {
         yield* saveCheckpoint()
       }
-      if (settings.maxPolicyLag === 0) yield* Queue.offer(trained, undefined)
+      yield* Queue.offer(permits, undefined)
     }
 
     function saveCheckpoint() {
-      return Effect.try({
-        try: () =>
-          Checkpoint.save(checkpointDirectory, trainer, modelDirectory, {
-            version: trainer.version,
-            updates,
-            rowsConsumed,
-            warmstartSuccess,
-            staleDropped,
-            elapsedSeconds: (performance.now() - trainStarted) / 1000
-          }),
-        catch: fail(`cannot write the checkpoint at ${checkpointDirectory}`)
-      })
+      return ask(`cannot write the checkpoint at ${checkpointDirectory}`, () =>
+        trainer.checkpoint(checkpointDirectory, modelDirectory, {
+          version: trainer.version,
+          updates,
+          rowsConsumed,
+          warmstartSuccess,
+          staleDropped,
+          elapsedSeconds: (performance.now() - trainStarted) / 1000
+        }))
     }
     yield* saveCheckpoint()
     return {
