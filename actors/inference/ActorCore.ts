@@ -28,7 +28,8 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
   const model = await OnnxCausalLM.load(settings.model, { provider: settings.provider, threads: settings.threads, dtype: settings.dtype })
   const directory = model.directory
   const tokenizer = existsSync(path.join(directory, "tokenizer.json")) ? await loadTokenizer(directory) : undefined
-  const maxPositions = maxPositionsOf(directory)
+  // A graph with a rotary cos / sin cache (onnxruntime-genai's) runs no longer than the cache has rows.
+  const maxPositions = Math.min(maxPositionsOf(directory), model.positionLimit ?? Infinity)
   const scheduler = new BatchScheduler(model, {
     maxBatchSize: settings.maxBatchSize,
     maxPrefillTokens: settings.maxPrefillTokens,

@@ -12,6 +12,11 @@
  * row's cached part and new part separately, so real positions may have a gap in the middle; the attention
  * mask says which positions are real and position ids are passed explicitly.
  *
+ * Right layout (the model's `layout`, for GroupQueryAttention graphs): every row's keys and values start at
+ * column 0 instead, so each row's cache is a left-aligned prefix, and each decode step writes a row's new
+ * key at its own length. A prefill puts each row's new tokens first in the new part (right padding); one
+ * that continues a cache runs alone, since GroupQueryAttention takes several rows only when none has a past.
+ *
  * Every request settles. Each accepted request is a ticket in one set until it resolves or fails; when
  * anything in the loop throws (a forward pass, a copy, a bug), every ticket fails with that error, the batch
  * and caches are dropped, and the next requests are served from a clean state. A watchdog fails a ticket
@@ -133,6 +138,8 @@ interface Prefilled {
   readonly index: number
   readonly newLength: number
   readonly fresh: number
+  /** Where the row's new positions start in the batch's new part: newLength - fresh (left layout) or 0 (right). */
+  readonly offset: number
 }
 
 /** One row of a prefill batch: keys and values it already has, and the tokens to run. */
@@ -163,6 +170,8 @@ export class BatchScheduler {
    * before every step. A step copies one column, and rows joining or leaving copy only themselves.
    */
   #slots: Array<Row | undefined> = []
+  /** Rows start at column 0 (right layout) rather than ending at `#length` (left). */
+  readonly #right: boolean
   #keys: Array<Float32Array> = []
   #values: Array<Float32Array> = []
   #length = 0
@@ -183,6 +192,7 @@ export class BatchScheduler {
 
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {
     this.#model = model
+    this.#right = model.layout === "right"
     this.#options = options
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
     this.#cache = new KvCacheStore(options.cacheBudgetBytes)
@@ -395,7 +405,7 @@ export class BatchScheduler {
       const members = group.map((i) => rows[i]!)
       const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed })))
       members.forEach((row, b) => {
-        row.pending = { cached: undefined, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: row.fed.length }
+        row.pending = { cached: undefined, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: row.fed.length, offset: this.#offset(newLength, row.fed.length) }
         this.stats.recomputedTokens += row.fed.length
       })
     }
@@ -441,10 +451,16 @@ export class BatchScheduler {
     return out
   }
 
+  /** Where a row of `fresh` new tokens starts in a prefill's new part of `newLength` columns. */
+  #offset(newLength: number, fresh: number): number {
+    return this.#right ? 0 : newLength - fresh
+  }
+
   /**
    * One batched prefill. Each row: its cached part left-padded to the longest cache, then its new part
    * left-padded to the longest new part. Real positions may have a gap between the two; the mask and
-   * position ids say which.
+   * position ids say which. In the right layout both parts are right-padded instead (each starts at its
+   * part's first column).
    */
   async #prefillForward(items: ReadonlyArray<PrefillItem>): Promise<{ out: ForwardOutputs; newLength: number }> {
     const { numLayers, kvHeads, headDim } = this.#model.shape
@@ -463,16 +479,18 @@ export class BatchScheduler {
       if (cached !== undefined) {
         for (let layer = 0; layer < numLayers; layer++) {
           for (let h = 0; h < kvHeads; h++) {
-            const to = ((b * kvHeads + h) * pastLength + pastLength - past) * headDim
+            const to = ((b * kvHeads + h) * pastLength + (this.#right ? 0 : pastLength - past)) * headDim
             pastKeys[layer]!.set(cached.keys[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to)
             pastValues[layer]!.set(cached.values[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to)
           }
         }
       }
-      attentionMask.fill(1n, b * total + pastLength - past, b * total + pastLength)
-      attentionMask.fill(1n, b * total + total - fresh.length, (b + 1) * total)
+      const pastStart = this.#right ? 0 : pastLength - past
+      const freshStart = this.#offset(newLength, fresh.length)
+      attentionMask.fill(1n, b * total + pastStart, b * total + pastStart + past)
+      attentionMask.fill(1n, b * total + pastLength + freshStart, b * total + pastLength + freshStart + fresh.length)
       fresh.forEach((token, i) => {
-        const at = b * newLength + newLength - fresh.length + i
+        const at = b * newLength + freshStart + i
         inputIds[at] = BigInt(token)
         positionIds[at] = BigInt(past + i)
       })
@@ -509,9 +527,10 @@ export class BatchScheduler {
       longestNew = longest
       admitted.push({ ticket, cached, fresh })
     }
-    const { out, newLength } = await this.#prefillForward(admitted)
+    const prefilled = await this.#prefillAll(admitted)
     this.#stepDone()
-    return admitted.map(({ ticket, cached, fresh }, b) => {
+    return admitted.map(({ ticket, cached, fresh }, i) => {
+      const { out, newLength, index: b } = prefilled[i]!
       const request = ticket.request
       this.stats.requests += 1
       this.stats.prefillTokens += fresh.length
@@ -524,13 +543,30 @@ export class BatchScheduler {
         tokenIds: [],
         logprobs: [],
         versions: [],
-        pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: fresh.length }
+        pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: fresh.length, offset: this.#offset(newLength, fresh.length) }
       }
       ticket.state = "running"
-      const last = (b * newLength + newLength - 1) * vocabSize
+      const last = (b * newLength + this.#offset(newLength, fresh.length) + fresh.length - 1) * vocabSize
       this.#accept(row, out.logits.subarray(last, last + vocabSize))
       return row
     })
+  }
+
+  /**
+   * The prefill of admitted rows: one batch, or where a batched prefill cannot continue a cache (the right
+   * layout), the rows without a cache in one batch and each row with one alone. Per row: its outputs and
+   * its index in them.
+   */
+  async #prefillAll(items: ReadonlyArray<PrefillItem>): Promise<Array<{ out: ForwardOutputs; newLength: number; index: number }>> {
+    const groups = this.#model.batchedContinuation
+      ? [items.map((_, i) => i)]
+      : [items.flatMap((item, i) => (item.cached === undefined ? [i] : [])), ...items.flatMap((item, i) => (item.cached === undefined ? [] : [[i]]))].filter((g) => g.length > 0)
+    const result: Array<{ out: ForwardOutputs; newLength: number; index: number }> = []
+    for (const group of groups) {
+      const { out, newLength } = await this.#prefillForward(group.map((i) => items[i]!))
+      group.forEach((i, index) => (result[i] = { out, newLength, index }))
+    }
+    return result
   }
 
   /** One decode step for every slot; free slots run a padding token that nothing reads. */
@@ -547,8 +583,13 @@ export class BatchScheduler {
     // The new token comes after all `capacity` columns; each row sees its own columns and the new token.
     const attentionMask = new BigInt64Array(batch * (capacity + 1))
     slots.forEach((row, b) => {
-      if (row === undefined) return
-      attentionMask.fill(1n, b * (capacity + 1) + column - row.fed.length, b * (capacity + 1) + column)
+      if (row === undefined) {
+        // GroupQueryAttention reads a row's length as its mask's sum minus one: a free slot must count one.
+        if (this.#right) attentionMask[b * (capacity + 1) + capacity] = 1n
+        return
+      }
+      const start = this.#right ? 0 : column - row.fed.length
+      attentionMask.fill(1n, b * (capacity + 1) + start, b * (capacity + 1) + start + row.fed.length)
       attentionMask[b * (capacity + 1) + capacity] = 1n
     })
     const out = await this.#forward("decode", {
@@ -557,14 +598,15 @@ export class BatchScheduler {
     })
     this.stats.decodeSteps += 1
     this.#stepsSinceAdmission += 1
-    // Every running row's new key and value go into the batch at column `column`.
+    // Every running row's new key and value go into the batch at column `column` (right layout: at the row's length).
     const started = performance.now()
     slots.forEach((row, b) => {
       if (row === undefined) return
+      const at = this.#right ? row.fed.length : column
       for (let layer = 0; layer < numLayers; layer++) {
         const [keys, values, newKeys, newValues] = [this.#keys[layer]!, this.#values[layer]!, out.newKeys[layer]!, out.newValues[layer]!]
         for (let h = 0; h < kvHeads; h++) {
-          const to = ((b * kvHeads + h) * capacity + column) * headDim
+          const to = ((b * kvHeads + h) * capacity + at) * headDim
           const from = (b * kvHeads + h) * headDim
           // A plain loop: head_dim numbers are too few to be worth a subarray and a set.
           for (let d = 0; d < headDim; d++) {
@@ -641,12 +683,17 @@ export class BatchScheduler {
       Array.from({ length: numLayers }, (_, layer) => {
         const out = new Float32Array(kvHeads * n * headDim)
         for (let h = 0; h < kvHeads; h++) {
-          const from = ((slot * kvHeads + h) * this.#capacity + this.#length - n) * headDim
+          const from = ((slot * kvHeads + h) * this.#capacity + this.#rowStart(n)) * headDim
           out.set(sources[layer]!.subarray(from, from + n * headDim), h * n * headDim)
         }
         return out
       })
     return { tokens: row.fed, version: this.#version, keys: copy(this.#keys), values: copy(this.#values) }
+  }
+
+  /** The column where a row of `n` positions starts in the decode batch. */
+  #rowStart(n: number, end = this.#length): number {
+    return this.#right ? 0 : end - n
   }
 
   /** Puts rows that joined (and have not already finished) into free slots, copying only their keys and values. */
@@ -671,7 +718,7 @@ export class BatchScheduler {
     const { numLayers, kvHeads } = this.#model.shape
     for (let layer = 0; layer < numLayers; layer++) {
       for (let h = 0; h < kvHeads; h++) {
-        const to = (slot * kvHeads + h) * capacity + end - row.fed.length
+        const to = (slot * kvHeads + h) * capacity + this.#rowStart(row.fed.length, end)
         this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, to)
       }
     }
@@ -699,7 +746,7 @@ export class BatchScheduler {
       keys.set(source.cached.keys[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
       values.set(source.cached.values[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
     }
-    const from = ((source.index * kvHeads + h) * source.newLength + source.newLength - source.fresh) * headDim
+    const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
     keys.set(source.newKeys[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
     values.set(source.newValues[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
   }
@@ -726,8 +773,10 @@ export class BatchScheduler {
     // Room for those still waiting, so that they can join without another rebuild.
     const width = Math.max(count, Math.min(this.#options.maxBatchSize, count + this.#waiting.length))
     const length = Math.max(...staying.map((row) => row.fed.length), ...joining.map((row) => row.fed.length))
-    // A row ends before its context reaches maxPositions, so there is always a column for the next step.
-    const capacity = Math.min(length + HEADROOM, this.#options.maxPositions)
+    // A row ends before its context reaches maxPositions, so there is always a column for the next step. In
+    // the right layout a decode step's mask is capacity + 1 wide and GroupQueryAttention takes that width as
+    // the total length, which its rotary cache must cover: one column less.
+    const capacity = Math.min(length + HEADROOM, this.#options.maxPositions - (this.#right ? 1 : 0))
     if (capacity <= length) throw new SchedulerError(`no room to decode: rows of ${length} tokens in a model of ${this.#options.maxPositions} positions`)
     const keys = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
     const values = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
@@ -737,8 +786,8 @@ export class BatchScheduler {
       const n = row.fed.length
       for (let layer = 0; layer < numLayers; layer++) {
         for (let h = 0; h < kvHeads; h++) {
-          const from = ((slot * kvHeads + h) * this.#capacity + this.#length - n) * headDim
-          const to = ((b * kvHeads + h) * capacity + length - n) * headDim
+          const from = ((slot * kvHeads + h) * this.#capacity + this.#rowStart(n)) * headDim
+          const to = ((b * kvHeads + h) * capacity + this.#rowStart(n, length)) * headDim
           keys[layer]!.set(this.#keys[layer]!.subarray(from, from + n * headDim), to)
           values[layer]!.set(this.#values[layer]!.subarray(from, from + n * headDim), to)
         }

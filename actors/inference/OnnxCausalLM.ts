@@ -20,6 +20,18 @@ export interface ModelShape {
   readonly vocabSize: number
 }
 
+/**
+ * Where each row's real positions sit in the tensors the actor builds.
+ * - "left": rows end at a common column (left padding); the cached and new parts of a row are padded
+ *   separately. Any graph that attends by its attention mask runs this way (episodic's, optimum's).
+ * - "right": each row's cache is a left-aligned prefix (columns 0..n-1 of the past) and its new tokens are
+ *   the first columns of the new part. com.microsoft GroupQueryAttention needs this: it reads only each
+ *   row's real-token count (`seqlens_k`, the attention mask summed) and takes the row's cache to be the
+ *   first columns of the past, its present being the past prefix followed by the new tokens. It also refuses
+ *   a prefill of more than one row when there is a past, so the scheduler runs such prefills one row at a time.
+ */
+export type CacheLayout = "left" | "right"
+
 export interface ForwardInputs {
   readonly batch: number
   readonly sequenceLength: number
@@ -38,7 +50,10 @@ export interface ForwardInputs {
 export interface ForwardOutputs {
   /** [batch, sequenceLength, vocab] */
   readonly logits: Float32Array
-  /** Per layer [batch, kvHeads, sequenceLength, headDim]: the keys and values of the positions just run. */
+  /**
+   * Per layer [batch, kvHeads, sequenceLength, headDim]: the keys and values of the positions just run,
+   * position j of a row being the row's input column j.
+   */
   readonly newKeys: ReadonlyArray<Float32Array>
   readonly newValues: ReadonlyArray<Float32Array>
 }
@@ -71,10 +86,25 @@ const readShape = (directory: string): ModelShape => {
  * outputs, and the nodes only they need, are cut: ONNX Runtime runs every node of a graph whatever is
  * fetched, and copying the whole cache into present every step would cost about as much as the step.
  */
-export const actorGraph = (bytes: Uint8Array): Uint8Array => {
+export const actorGraph = (bytes: Uint8Array): Uint8Array => prepareGraph(bytes).graph
+
+/** The graph the actor runs (see actorGraph) and the layout it needs, from one decoding of the model. */
+export interface PreparedGraph {
+  readonly graph: Uint8Array
+  readonly layout: CacheLayout
+  readonly positionLimit: number | undefined
+  /** The graph quantizes activations per tensor (DynamicQuantizeLinear): rows of one batch change each other's numbers. */
+  readonly rowsCoupled: boolean
+}
+
+export const prepareGraph = (bytes: Uint8Array): PreparedGraph => {
   const model = onnxProto.onnx.ModelProto.decode(bytes)
   const graph = model.graph
-  if (graph == null || !(graph.output ?? []).some((o) => o.name === "new_key_values.0.key")) return bytes
+  const ops = opTypes(graph)
+  const layout: CacheLayout = ops.has("GroupQueryAttention") ? "right" : "left"
+  const positionLimit = rotaryRows(graph)
+  const rowsCoupled = ops.has("DynamicQuantizeLinear")
+  if (graph == null || !(graph.output ?? []).some((o) => o.name === "new_key_values.0.key")) return { graph: bytes, layout, positionLimit, rowsCoupled }
   const outputs = (graph.output ?? []).filter((o) => !o.name?.startsWith("present."))
   graph.output = outputs
   // Remove nodes whose outputs nothing reads, until none is left.
@@ -87,8 +117,45 @@ export const actorGraph = (bytes: Uint8Array): Uint8Array => {
     removed = nodes.length < before
   }
   graph.node = nodes
-  return onnxProto.onnx.ModelProto.encode(model).finish()
+  return { graph: onnxProto.onnx.ModelProto.encode(model).finish(), layout, positionLimit, rowsCoupled }
 }
+
+/**
+ * The rows of the cos / sin cache a GroupQueryAttention (input 7) or RotaryEmbedding (input 2) node reads:
+ * positions at or past it cannot be rotated (GroupQueryAttention refuses a total length above it).
+ */
+const rotaryRows = (graph: onnxProto.onnx.IGraphProto | null | undefined): number | undefined => {
+  const initializers = new Map((graph?.initializer ?? []).map((t) => [t.name ?? "", t]))
+  let rows: number | undefined
+  for (const node of graph?.node ?? []) {
+    const input = node.opType === "GroupQueryAttention" ? node.input?.[7] : node.opType === "RotaryEmbedding" ? node.input?.[2] : undefined
+    const dims = input === undefined ? undefined : initializers.get(input)?.dims
+    if (dims != null && dims.length === 2) rows = Math.min(rows ?? Infinity, Number(dims[0]))
+  }
+  return rows
+}
+
+/** Op types anywhere in the graph, its subgraphs (an `If`'s branches) included. */
+const opTypes = (root: onnxProto.onnx.IGraphProto | null | undefined): Set<string> => {
+  const found = new Set<string>()
+  const visit = (graph: onnxProto.onnx.IGraphProto | null | undefined): void => {
+    for (const node of graph?.node ?? []) {
+      found.add(node.opType ?? "")
+      for (const attribute of node.attribute ?? []) {
+        visit(attribute.g)
+        for (const g of attribute.graphs ?? []) visit(g)
+      }
+    }
+  }
+  visit(root)
+  return found
+}
+
+/**
+ * The layout a graph needs: right padding when it has a GroupQueryAttention node anywhere, as
+ * onnxruntime-genai's graphs do; left otherwise.
+ */
+export const layoutFor = (bytes: Uint8Array): CacheLayout => prepareGraph(bytes).layout
 
 /** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
 const createSession = async (
@@ -123,6 +190,21 @@ export class OnnxCausalLM {
   readonly provider: ExecutionProvider
   /** Set when CUDA was asked for but the CPU runs. */
   readonly fallback: string | undefined
+  /** How the scheduler lays rows out for this graph (see CacheLayout). */
+  readonly layout: CacheLayout
+  /**
+   * Whether a prefill with a past may hold several rows. GroupQueryAttention refuses it, so the right layout
+   * runs such prefills (an episode's next turn over its cache) one row at a time, whatever the graph.
+   */
+  readonly batchedContinuation: boolean
+  /** Rows of the graph's rotary cos / sin cache, when it has one: the longest sequence it can run. */
+  readonly positionLimit: number | undefined
+  /**
+   * The graph quantizes activations per tensor (transformers.js's q8 files: DynamicQuantizeLinear before
+   * each MatMulInteger), so one row's numbers depend on every row and padded position it runs with. Such a
+   * graph runs each row alone, without its padded new positions: a row gets the same numbers batched or not.
+   */
+  readonly rowsCoupled: boolean
   #session: ort.InferenceSession
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
@@ -140,9 +222,16 @@ export class OnnxCausalLM {
     directory: string,
     shape: ModelShape,
     created: { session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string },
-    threads: number | undefined
+    threads: number | undefined,
+    layout: CacheLayout,
+    positionLimit: number | undefined,
+    rowsCoupled: boolean
   ) {
+    this.rowsCoupled = rowsCoupled
     this.directory = directory
+    this.layout = layout
+    this.positionLimit = positionLimit
+    this.batchedContinuation = layout === "left"
     this.shape = shape
     this.#session = created.session
     this.provider = created.provider
@@ -174,7 +263,17 @@ export class OnnxCausalLM {
    */
   static async load(
     directory: string,
-    options: { readonly provider?: ExecutionProvider; readonly threads?: number; readonly file?: string; readonly dtype?: GraphDtype | undefined } = {}
+    options: {
+      readonly provider?: ExecutionProvider
+      readonly threads?: number
+      readonly file?: string
+      readonly dtype?: GraphDtype | undefined
+      /**
+       * Overrides the layout read from the graph (tests: a graph that attends by its mask and has
+       * new_key_values outputs runs either way; a GroupQueryAttention graph runs only "right").
+       */
+      readonly layout?: CacheLayout
+    } = {}
   ): Promise<OnnxCausalLM> {
     const absolute = path.resolve(directory)
     const shape = readShape(absolute)
@@ -188,10 +287,15 @@ export class OnnxCausalLM {
     }
     if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const bytes = readFileSync(file)
-    const graph = actorGraph(bytes)
+    const { graph, layout: detected, positionLimit, rowsCoupled } = prepareGraph(bytes)
     // A graph we did not rewrite loads from its path, so external data files (`model.onnx_data`) beside it load too.
     const created = await createSession(graph === bytes ? file : graph, options.provider ?? "cpu", options.threads)
-    return new OnnxCausalLM(absolute, shape, created, options.threads)
+    const layout = options.layout ?? detected
+    if (layout === "left" && detected === "right") {
+      await created.session.release()
+      throw new ModelLoadError(`${file}: a GroupQueryAttention graph needs right padding (each row's cache a left-aligned prefix); it cannot run left-padded`)
+    }
+    return new OnnxCausalLM(absolute, shape, created, options.threads, layout, positionLimit, rowsCoupled)
   }
 
   /** Replaces the session with one built from `bytes` (same architecture, new weights). */
@@ -203,6 +307,57 @@ export class OnnxCausalLM {
   }
 
   async forward(inputs: ForwardInputs): Promise<ForwardOutputs> {
+    return this.rowsCoupled ? this.#forwardRows(inputs) : this.#forwardBatch(inputs)
+  }
+
+  /**
+   * Each row alone, its new part cut to its real columns (the past stays: its padding is masked and reaches
+   * no quantized MatMul). Outputs are laid out as one batched pass's; padded positions stay zero.
+   */
+  async #forwardRows(inputs: ForwardInputs): Promise<ForwardOutputs> {
+    const { batch: b, sequenceLength: s, pastLength: p } = inputs
+    const { numLayers, kvHeads, headDim, vocabSize } = this.shape
+    const logits = new Float32Array(b * s * vocabSize)
+    const newKeys = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
+    const newValues = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
+    for (let r = 0; r < b; r++) {
+      const mask = inputs.attentionMask.subarray(r * (p + s), (r + 1) * (p + s))
+      let lo = s
+      let hi = 0
+      for (let j = 0; j < s; j++) {
+        if (mask[p + j] !== 0n) {
+          lo = Math.min(lo, j)
+          hi = j + 1
+        }
+      }
+      // A free slot: nothing reads its outputs.
+      if (hi === 0) continue
+      const n = hi - lo
+      const rowMask = new BigInt64Array(p + n)
+      rowMask.set(mask.subarray(0, p))
+      rowMask.set(mask.subarray(p + lo, p + hi), p)
+      const past = (data: Float32Array) => data.subarray(r * kvHeads * p * headDim, (r + 1) * kvHeads * p * headDim)
+      const out = await this.#forwardBatch({
+        batch: 1, sequenceLength: n, pastLength: p,
+        inputIds: inputs.inputIds.subarray(r * s + lo, r * s + hi),
+        positionIds: inputs.positionIds.subarray(r * s + lo, r * s + hi),
+        attentionMask: rowMask,
+        pastKeys: inputs.pastKeys.map(past),
+        pastValues: inputs.pastValues.map(past)
+      })
+      logits.set(out.logits, (r * s + lo) * vocabSize)
+      for (let layer = 0; layer < numLayers; layer++) {
+        for (let h = 0; h < kvHeads; h++) {
+          const to = ((r * kvHeads + h) * s + lo) * headDim
+          newKeys[layer]!.set(out.newKeys[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
+          newValues[layer]!.set(out.newValues[layer]!.subarray(h * n * headDim, (h + 1) * n * headDim), to)
+        }
+      }
+    }
+    return { logits, newKeys, newValues }
+  }
+
+  async #forwardBatch(inputs: ForwardInputs): Promise<ForwardOutputs> {
     const { batch: b, sequenceLength: s, pastLength: p } = inputs
     const { numLayers, kvHeads, headDim } = this.shape
     const feeds: Record<string, ort.Tensor> = {
@@ -225,13 +380,19 @@ export class OnnxCausalLM {
     const float32 = (name: string) => asFloat32(out[name]!)
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
+    // A GroupQueryAttention present is, per row, the row's past prefix then its new positions: a row's new
+    // positions start at its real past length (the mask's ones among the past columns).
+    const starts = this.#fetchesNewOnly || this.layout === "left" ? undefined : pastCounts(inputs.attentionMask, b, p, s)
     for (let layer = 0; layer < numLayers; layer++) {
       if (this.#fetchesNewOnly) {
         newKeys.push(float32(`new_key_values.${layer}.key`))
         newValues.push(float32(`new_key_values.${layer}.value`))
-      } else {
+      } else if (starts === undefined) {
         newKeys.push(lastPositions(float32(`present.${layer}.key`), b * kvHeads, p + s, s, headDim))
         newValues.push(lastPositions(float32(`present.${layer}.value`), b * kvHeads, p + s, s, headDim))
+      } else {
+        newKeys.push(rowPositions(out[`present.${layer}.key`]!, starts, kvHeads, s, headDim))
+        newValues.push(rowPositions(out[`present.${layer}.value`]!, starts, kvHeads, s, headDim))
       }
     }
     return { logits: float32("logits"), newKeys, newValues }
@@ -246,6 +407,32 @@ export class OnnxCausalLM {
 const lastPositions = (data: Float32Array, rows: number, length: number, count: number, headDim: number): Float32Array => {
   const out = new Float32Array(rows * count * headDim)
   for (let r = 0; r < rows; r++) out.set(data.subarray((r * length + length - count) * headDim, (r * length + length) * headDim), r * count * headDim)
+  return out
+}
+
+/** Per row, how many of the first `past` mask columns are real. */
+const pastCounts = (mask: BigInt64Array, batch: number, past: number, sequence: number): Array<number> =>
+  Array.from({ length: batch }, (_, b) => {
+    let count = 0
+    for (let c = 0; c < past; c++) if (mask[b * (past + sequence) + c] !== 0n) count++
+    return count
+  })
+
+/**
+ * From a present of [rows, kvHeads, length, headDim] whose row b holds its new positions from column
+ * starts[b]: `count` columns per row and head (columns past the present's end, padding only, stay zero).
+ */
+const rowPositions = (present: ort.Tensor, starts: ReadonlyArray<number>, kvHeads: number, count: number, headDim: number): Float32Array => {
+  const data = asFloat32(present)
+  const length = Number(present.dims[2])
+  const out = new Float32Array(starts.length * kvHeads * count * headDim)
+  starts.forEach((start, b) => {
+    const n = Math.max(0, Math.min(count, length - start))
+    for (let h = 0; h < kvHeads; h++) {
+      const from = ((b * kvHeads + h) * length + start) * headDim
+      out.set(data.subarray(from, from + n * headDim), (b * kvHeads + h) * count * headDim)
+    }
+  })
   return out
 }
 
