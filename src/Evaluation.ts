@@ -19,6 +19,8 @@ export interface EvaluationSummary {
   readonly mean_reward: number
   /** Share of episodes with a total reward above zero. */
   readonly success_rate: number
+  /** Assistant turns per episode (grid-quest's moves, guess-number's guesses). */
+  readonly mean_turns: number
   /** With `evaluation.splits`: each split's figures (the top-level ones are the first split's). */
   readonly splits?: Readonly<Record<string, EvaluationSplit>>
 }
@@ -27,6 +29,7 @@ export interface EvaluationSplit {
   readonly episodes: number
   readonly mean_reward: number
   readonly success_rate: number
+  readonly mean_turns: number
 }
 
 /**
@@ -56,7 +59,7 @@ export const evaluate = (
         config
       )
       first ??= played
-      results[split] = { episodes: played.episodes, mean_reward: played.mean_reward, success_rate: played.success_rate }
+      results[split] = { episodes: played.episodes, mean_reward: played.mean_reward, success_rate: played.success_rate, mean_turns: played.mean_turns }
     }
     return { ...first!, splits: results } satisfies EvaluationSummary
   })
@@ -89,7 +92,8 @@ const evaluateRows = (
       seed: settings.seed,
       greedy: settings.greedy,
       mean_reward: played.meanReward,
-      success_rate: played.successRate
+      success_rate: played.successRate,
+      mean_turns: played.meanTurns
     } satisfies EvaluationSummary
   })
 

@@ -23,7 +23,7 @@ import type * as Dataset from "./Dataset.ts"
 import { Engine } from "./Engine.ts"
 import type { EnvironmentRegistry } from "./environments/registry.ts"
 import { errorMessage } from "./errorMessage.ts"
-import { evaluate } from "./Evaluation.ts"
+import { evaluate, type EvaluationSummary } from "./Evaluation.ts"
 import { ExperimentError, type ExperimentConfig, type ResolvedExperiment } from "./Experiment.ts"
 import { Inference } from "./Inference.ts"
 import * as JsonlWriter from "./JsonlWriter.ts"
@@ -38,6 +38,8 @@ export interface TrainingSummary {
   readonly updates: number
   readonly version: number
   readonly warmstart_success: number | null
+  /** The held-out evaluation right after the warm start (each split's figures too). */
+  readonly warmstart_evaluation: EvaluationSummary | null
   readonly warmstart_seconds: number | null
   readonly train_seconds: number
   readonly stale_dropped: number
@@ -130,6 +132,7 @@ export const train = (input: TrainingInput) =>
     let rowsConsumed = 0
     let staleDropped = 0
     let warmstartSuccess: number | null = null
+    let warmstartEvaluation: EvaluationSummary | null = null
     let warmstartSeconds: number | null = null
     let updateSeconds = 0
     let syncSeconds = 0
@@ -177,6 +180,7 @@ export const train = (input: TrainingInput) =>
         monitor.setPhase("evaluation")
         const evaluation = yield* evaluate(experiment, input.registry, path.join(directory, "warmstart", "eval.jsonl"), input.stop, "warmstart-eval-")
         warmstartSuccess = evaluation.success_rate
+        warmstartEvaluation = evaluation
       }
       log(`warm start: ${warmStart.episodes} demonstrations, ${sft.steps} SFT steps (loss ${sft.loss.toFixed(3)}) in ${warmstartSeconds.toFixed(1)} s${warmstartSuccess === null ? "" : `; held-out greedy success ${warmstartSuccess.toFixed(3)}`}`)
       monitor.setPhase("run")
@@ -279,6 +283,7 @@ export const train = (input: TrainingInput) =>
       updates,
       version: trainer.version,
       warmstart_success: warmstartSuccess,
+      warmstart_evaluation: warmstartEvaluation,
       warmstart_seconds: warmstartSeconds,
       train_seconds: (performance.now() - trainStarted) / 1000,
       stale_dropped: staleDropped,
