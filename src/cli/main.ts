@@ -161,8 +161,13 @@ const run = Command.make(
         `finish reasons ${JSON.stringify(summary.finish_reasons)}\n` +
         (summary.evaluation === undefined
           ? ""
-          : `evaluation: ${summary.evaluation.episodes} held-out episodes${summary.evaluation.greedy ? ", greedy" : ""}: ` +
-            `success ${summary.evaluation.success_rate.toFixed(3)}, mean reward ${summary.evaluation.mean_reward.toFixed(3)}\n`) +
+          : summary.evaluation.splits === undefined
+          ? `evaluation: ${summary.evaluation.episodes} held-out episodes${summary.evaluation.greedy ? ", greedy" : ""}: ` +
+            `success ${summary.evaluation.success_rate.toFixed(3)}, mean reward ${summary.evaluation.mean_reward.toFixed(3)}, ${summary.evaluation.mean_turns.toFixed(2)} turns\n`
+          : `evaluation${summary.evaluation.greedy ? ", greedy" : ""} (eval_success is the first split's):\n` +
+            Object.entries(summary.evaluation.splits).map(([split, e]) =>
+              `  ${split}: ${e.episodes} held-out episodes, success ${e.success_rate.toFixed(3)}, mean reward ${e.mean_reward.toFixed(3)}, ${e.mean_turns.toFixed(2)} turns\n`
+            ).join("")) +
         (summary.training === undefined
           ? ""
           : `training: ${summary.training.updates} updates to version ${summary.training.version} on ${summary.training.backend}, ` +
