@@ -1,6 +1,7 @@
 /**
- * The inference scheduler's differential fuzz (test/fuzz/harness.ts) as a soak: seeded cases, alternating
- * the real tiny architecture and the probe model, until the time is up. Each case draws its own scheduler
+ * The inference scheduler's differential fuzz (test/fuzz/harness.ts) as a soak: seeded cases, rotating
+ * over the real tiny architecture, the probe model, the probe in the right-padded layout and the tiny
+ * architecture as a GroupQueryAttention graph (right-padded), until the time is up. Each case draws its own scheduler
  * and schedule from its seed, so any failure it prints is reproduced by `runCase(bench, seed)`.
  *
  *   SOAK_MINUTES=30 npm run bench -- soak        # default 2 minutes; SOAK_SEED sets the first seed (default 1000)
@@ -16,24 +17,28 @@ export default async () => {
   const minutes = Number(process.env.SOAK_MINUTES ?? 2)
   const firstSeed = Number(process.env.SOAK_SEED ?? 1000)
   if (!(minutes > 0) || !Number.isInteger(firstSeed)) throw new Error(`SOAK_MINUTES must be > 0 and SOAK_SEED an integer, got ${process.env.SOAK_MINUTES} and ${process.env.SOAK_SEED}`)
-  const benches: Record<"real" | "probe", FuzzBench> = { real: await realBench(await tinyModel()), probe: await probeBench() }
+  const tiny = await tinyModel()
+  const benches: Record<"real" | "probe" | "probe-right" | "gqa", FuzzBench> = {
+    real: await realBench(tiny), probe: await probeBench(), "probe-right": await probeBench("right"), gqa: await realBench(tiny, "gqa")
+  }
+  const names = Object.keys(benches) as Array<keyof typeof benches>
   const deadline = performance.now() + minutes * 60_000
-  const reports: Array<FuzzReport> = []
+  const reports: Array<FuzzReport & { readonly bench: string }> = []
   const batchSizes = new Set<number>()
   let seed = firstSeed
   while (performance.now() < deadline) {
-    const report = await runCase(seed % 2 === 0 ? benches.real : benches.probe, seed, { hangAfterMs: 120_000 })
+    const name = names[seed % names.length]!
+    const report = { ...(await runCase(benches[name], seed, { hangAfterMs: 120_000 })), bench: name }
     reports.push(report)
     batchSizes.add(report.maxBatchSize)
-    if (report.failures.length > 0) console.log(`seed ${seed} (${report.model}) FAILED:\n  ${report.failures.slice(0, 5).join("\n  ")}`)
+    if (report.failures.length > 0) console.log(`seed ${seed} (${report.bench}) FAILED:\n  ${report.failures.slice(0, 5).join("\n  ")}`)
     seed += 1
   }
-  await benches.real.close()
-  await benches.probe.close()
+  for (const bench of Object.values(benches)) await bench.close()
 
   const sum = (rs: ReadonlyArray<FuzzReport>, f: (r: FuzzReport) => number) => rs.reduce((n, r) => n + f(r), 0)
-  const rows = (["real", "probe"] as const).map((model) => {
-    const rs = reports.filter((r) => r.model === model)
+  const rows = names.map((model) => {
+    const rs = reports.filter((r) => r.bench === model)
     return {
       model,
       cases: rs.length,

@@ -2,7 +2,9 @@
  * Differential fuzzing of the inference actor's scheduler (test/fuzz/harness.ts), a short fixed-seed run:
  * random schedules on the real tiny architecture (three genuinely different weight sets) and on the probe
  * model whose logits show exactly which cache columns each query saw. Every request must settle, and every
- * token must match a cache-free forward pass of its sequence under the weights that produced it. The long
+ * token must match a cache-free forward pass of its sequence under the weights that produced it. The same
+ * for the right-padded layout GroupQueryAttention graphs need: the probe model laid out that way, and the
+ * tiny architecture written as an onnxruntime-genai graph (GroupQueryAttention with fused rotary). The long
  * run is `npm run bench -- soak`.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -46,4 +48,45 @@ describe("the inference scheduler under random schedules", () => {
     expect(tokens).toBeGreaterThan(10_000)
     expect(swapped).toBeGreaterThan(3)
   }, 180_000)
+})
+
+describe("the inference scheduler's right-padded layout (GroupQueryAttention graphs) under random schedules", () => {
+  let probe: FuzzBench
+  let gqa: FuzzBench
+  beforeAll(async () => {
+    probe = await probeBench("right")
+    gqa = await realBench(await tinyModel(), "gqa")
+  })
+  afterAll(async () => {
+    await probe?.close()
+    await gqa?.close()
+  })
+
+  it("shows every query exactly its own positions, with each row's cache a left-aligned prefix (probe model, right layout, 6 seeds)", async () => {
+    let tokens = 0
+    for (let seed = 1; seed <= 6; seed++) {
+      const report = await runCase(probe, seed, { hangAfterMs: 30_000 })
+      expect(report.layout).toBe("right")
+      expect(report.failures.slice(0, 5)).toEqual([])
+      expect(report.settled).toBe(report.requests)
+      tokens += report.tokensChecked
+    }
+    expect(tokens).toBeGreaterThan(3_000)
+  }, 60_000)
+
+  it("records what a full forward pass gives on a GroupQueryAttention graph, under the version that produced each token (4 seeds)", async () => {
+    let tokens = 0
+    let swapped = 0
+    for (let seed = 1; seed <= 4; seed++) {
+      const report = await runCase(gqa, seed, { hangAfterMs: 60_000 })
+      expect(report.layout).toBe("right")
+      expect(report.failures.slice(0, 5)).toEqual([])
+      expect(report.settled).toBe(report.requests)
+      expect(report.worstLogprobDifference).toBeLessThan(1e-4)
+      tokens += report.tokensChecked
+      swapped += report.recomputedTokens > 0 ? 1 : 0
+    }
+    expect(tokens).toBeGreaterThan(2_000)
+    expect(swapped).toBeGreaterThan(0)
+  }, 90_000)
 })

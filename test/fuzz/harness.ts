@@ -19,16 +19,17 @@ import { copyFileSync, mkdirSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { BatchScheduler, type SchedulerRequest, type SchedulerResult } from "../../actors/inference/BatchScheduler.ts"
-import { OnnxCausalLM } from "../../actors/inference/OnnxCausalLM.ts"
+import { type CacheLayout, OnnxCausalLM } from "../../actors/inference/OnnxCausalLM.ts"
 import { readConfig } from "../../src/model/config.ts"
 import { randomWeights } from "../../src/model/init.ts"
 import { exportOnnx } from "../../src/model/onnxExport.ts"
 import { mulberry32 } from "../../src/Seed.ts"
 import { load as loadTokenizer } from "../../src/Tokenizer.ts"
+import { genaiGraph } from "../published-fixtures.ts"
 import { fullForward, isArgmax, sampledLogprob } from "../reference.ts"
 import { expectedProbeLogits, probeConfig, probeGraph, probeShape, probeVocab } from "./probeGraph.ts"
 
-export type FuzzModel = "real" | "probe"
+export type FuzzModel = "real" | "probe" | "gqa"
 
 /** The model a case runs on: weight variants (each its ONNX bytes and a reference session) and its limits. */
 export interface FuzzBench {
@@ -38,6 +39,8 @@ export interface FuzzBench {
   readonly vocab: number
   readonly maxPositions: number
   readonly decode: ((ids: ReadonlyArray<number>) => string) | undefined
+  /** The scheduler's layout, when not the graph's own (the probe runs either way). */
+  readonly layout?: CacheLayout
   close(): Promise<void>
 }
 
@@ -48,7 +51,7 @@ const WEIGHT_VARIANTS = 3
  * random weights drawn at 6x Hugging Face's init scale, so attention and logits are far from uniform and a
  * wrong key shows in the numbers.
  */
-export const realBench = async (modelDirectory: string): Promise<FuzzBench> => {
+export const realBench = async (modelDirectory: string, graph: "episodic" | "gqa" = "episodic"): Promise<FuzzBench> => {
   const config = readConfig(modelDirectory)
   const tokenizer = await loadTokenizer(modelDirectory)
   const directory = path.join(tmpdir(), `episodic-fuzz-real-${process.pid}-${Date.now()}`)
@@ -57,20 +60,21 @@ export const realBench = async (modelDirectory: string): Promise<FuzzBench> => {
   const variants = await Promise.all(Array.from({ length: WEIGHT_VARIANTS }, async (_, v) => {
     const weights = randomWeights(config, 1000 + v)
     for (const [name, tensor] of weights) if (!name.endsWith("norm.weight")) tensor.data.forEach((x, i, data) => (data[i] = 6 * x))
-    const bytes = exportOnnx(config, weights)
+    // "gqa": the same weights as an onnxruntime-genai graph (GroupQueryAttention, fused rotary), which runs right-padded.
+    const bytes = graph === "gqa" ? genaiGraph(config, weights, { rotary: "fused" }) : exportOnnx(config, weights)
     const file = path.join(directory, "onnx", `variant-${v}.onnx`)
     writeFileSync(file, bytes)
     return { bytes, file, reference: await OnnxCausalLM.load(directory, { file, threads: 1 }) }
   }))
   return {
-    kind: "real", directory, variants, vocab: config.vocabSize, maxPositions: Math.min(config.maxPositions, 512),
+    kind: graph === "gqa" ? "gqa" : "real", directory, variants, vocab: config.vocabSize, maxPositions: Math.min(config.maxPositions, 512),
     decode: (ids) => tokenizer.decode(ids),
     close: async () => void (await Promise.all(variants.map((v) => v.reference.release())))
   }
 }
 
 /** The probe bench: see probeGraph.ts. */
-export const probeBench = async (): Promise<FuzzBench> => {
+export const probeBench = async (layout?: CacheLayout): Promise<FuzzBench> => {
   const directory = path.join(tmpdir(), `episodic-fuzz-probe-${process.pid}-${Date.now()}`)
   mkdirSync(path.join(directory, "onnx"), { recursive: true })
   writeFileSync(path.join(directory, "config.json"), JSON.stringify(probeConfig(probeShape)))
@@ -82,6 +86,7 @@ export const probeBench = async (): Promise<FuzzBench> => {
   }))
   return {
     kind: "probe", directory, variants, vocab: probeVocab(probeShape), maxPositions: probeShape.positions, decode: undefined,
+    ...(layout === undefined ? {} : { layout }),
     close: async () => void (await Promise.all(variants.map((v) => v.reference.release())))
   }
 }
@@ -89,6 +94,8 @@ export const probeBench = async (): Promise<FuzzBench> => {
 export interface FuzzReport {
   readonly seed: number
   readonly model: FuzzModel
+  /** The layout the scheduler ran. */
+  readonly layout: CacheLayout
   readonly maxBatchSize: number
   readonly requests: number
   readonly settled: number
@@ -134,7 +141,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
   const stopTokens = Array.from({ length: pick([0, 1, 3]) }, () => below(bench.vocab))
   const stopStrings = bench.decode === undefined ? [] : pick([[], [], ["e"], ["the", "\n"], ["at"]])
 
-  const model = await OnnxCausalLM.load(bench.directory, { file: bench.variants[0]!.file, threads: 1 })
+  const model = await OnnxCausalLM.load(bench.directory, { file: bench.variants[0]!.file, threads: 1, ...(bench.layout === undefined ? {} : { layout: bench.layout }) })
   const current = new Map<string, Turn>()
   let clock = 0
   const events: Array<{ at: number; fire: () => void }> = []
@@ -266,6 +273,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
   }
   if (scheduler.inFlight > 0 && !hung) failures.push(`seed ${seed}: the scheduler still holds ${scheduler.inFlight} request(s) after all settled`)
   const stats = { ...scheduler.stats }
+  const layout = model.layout
   await scheduler.close()
   await model.release()
 
@@ -336,7 +344,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
     }
   }
   return {
-    seed, model: bench.kind, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
+    seed, model: bench.kind, layout, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
     tokensChecked, ambiguousTokens: ambiguous, worstLogprobDifference: worstLogprob, worstLogitDifference: worstLogit, swaps, cancels,
     evictions: stats.evictions ?? 0, recomputedTokens: stats.recomputedTokens ?? 0, finishReasons, failures
   }
