@@ -1,13 +1,19 @@
 /**
  * The default experiment: `npx episodic run` trains the project's own micro model (made on first use) to play grid-quest.
  *
+ * It trains on some layouts and is judged on others. Grid Quest has 600 layouts (25 start cells x 24
+ * treasure cells) and a run plays thousands of episodes, so held-out seeds alone would be layouts it trained
+ * on. A layout is "unseen" when its offset from start to treasure (dx, dy) has dx + 2 * dy a multiple of 5:
+ * 100 layouts, every cell still in the other 500. Training rows and demonstrations draw only the 500 "seen".
+ *
  * 1. Warm start: the scripted solver plays 128 demonstration episodes through the engine (in the model's own
  *    tokens and chat template), and 40 SFT steps on them teach the command format and some of the task.
  * 2. GRPO: 8 prompts x 8 samples per update at temperature 1, group-normalised advantages, clipped ratios
- *    over the generated tokens; the new weights go to the inference actor after every update. Updates stop
- *    after 8 minutes, so the whole run fits in 10 on two CPU cores (docs/training.md has what it reached).
- * 3. Greedy play on 200 held-out seeds, after the warm start and at the end: warmstart_success and
- *    eval_success in summary.json.
+ *    over the generated tokens; the new weights go to the inference actor after every update. The trainer
+ *    computes on its own thread and generation runs one version ahead of it (maxPolicyLag 1), so neither
+ *    waits for the other. Updates stop after 8 minutes, so the whole run fits in 10 on two CPU cores.
+ * 3. Greedy play on 200 held-out seeds of the unseen layouts and 200 of the seen ones, after the warm start
+ *    and at the end: eval_success (unseen) and evaluation.splits in summary.json (docs/training.md).
  */
 import { solveGridQuest } from "../src/environments/gridQuest.ts"
 import { defineExperiment } from "../src/index.ts"
@@ -18,13 +24,14 @@ export default defineExperiment({
   // Made with `episodic model init` on first use: nothing is downloaded.
   modelInit: { preset: "micro", seed: 0 },
   // Rows to train on: promptsPerUpdate of them per update, samplesPerRow episodes each.
-  environment: { name: "grid-quest", episodes: 1536 },
+  environment: { name: "grid-quest", episodes: 1536, config: { layouts: "seen" } },
   samplesPerRow: 8,
   concurrency: 64,
   limits: { maxTurns: 12, maxNewTokens: 8, maxResponseTokens: 1024, timeoutMs: 120_000 },
   sampling: { temperature: 1 },
   trainer: {
     promptsPerUpdate: 8,
+    maxPolicyLag: 1,
     // The whole run (warm start included) stays within 10 minutes on 2 cores: updates stop at 8.
     maxMinutes: 8,
     algorithm: { estimator: "grpo" },
@@ -34,7 +41,7 @@ export default defineExperiment({
     // The latest observation is the last "You are at ..." the context holds.
     warmStart: { episodes: 128, steps: 40, policy: ({ context }) => solveGridQuest(context.slice(context.lastIndexOf("You are at"))) }
   },
-  // Greedy play on 200 held-out seeds: warmstart_success and eval_success in summary.json.
-  evaluation: { episodes: 200 },
+  // Greedy play on held-out seeds: eval_success is the unseen layouts' (the first split).
+  evaluation: { episodes: 200, splits: { unseen: { layouts: "unseen" }, seen: { layouts: "seen" } } },
   seed: 0
 })

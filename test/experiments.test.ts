@@ -180,7 +180,7 @@ describe("overriding an experiment's fields", () => {
 
 describe("the example experiments", () => {
   it("all resolve", async () => {
-    for (const file of ["grid-quest", "grid-quest-solver", "grid-quest-unseen", "guess-number", "arithmetic", "chat", "remote-grid-quest"]) {
+    for (const file of ["grid-quest", "grid-quest-solver", "guess-number", "arithmetic", "chat", "remote-grid-quest"]) {
       const { default: experiment } = await import(`../experiments/${file}.ts`)
       expect(() => resolve(experiment), file).not.toThrow()
       expect(existsSync(path.join("experiments", `${file}.ts`))).toBe(true)
