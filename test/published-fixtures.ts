@@ -16,7 +16,7 @@
  *   weight becomes DynamicQuantizeLinear + MatMulInteger + Cast + Mul(scales) + Mul, and the embedding
  *   Gather reads int8 weights through DequantizeLinear.
  * - `withoutPositionIds`: a graph with no position_ids input that derives positions from attention_mask as
- *   transformers does (cumsum - 1, the last sequence-length columns).
+ *   transformers does (cumsum - 1, the last sequence-length columns), or from the layout (column indexes).
  */
 import onnxProto from "onnx-proto"
 import { inverseFrequencies, weightShapes, type ModelConfig } from "../src/model/family.ts"
@@ -292,23 +292,31 @@ export const q8Graph = (bytes: Uint8Array): { bytes: Uint8Array; matMuls: number
 }
 
 /**
- * The graph with no position_ids input: positions come from attention_mask as transformers derives them
- * (cumsum over the row - 1, padding set to 1, the last sequence_length columns).
+ * The graph with no position_ids input. "mask": positions come from attention_mask as transformers derives
+ * them (cumsum over the row - 1, padding set to 1, the last sequence_length columns). "layout": they count
+ * columns, range(past length, past length + sequence length), as graphs traced without position_ids do.
  */
-export const withoutPositionIds = (bytes: Uint8Array): Uint8Array => {
+export const withoutPositionIds = (bytes: Uint8Array, from: "mask" | "layout" = "mask"): Uint8Array => {
   const model = onnx.ModelProto.decode(bytes)
   const graph = model.graph!
   publishedOutputs(graph)
   model.producerName = "optimum"
   graph.input = graph.input!.filter((i) => i.name !== "position_ids")
   const g = new Builder()
-  const cumsum = g.node("CumSum", ["attention_mask", g.int64s("pos_axis", [1], true)])
-  const minusOne = g.node("Sub", [cumsum, g.int64s("pos_one", [1], true)])
-  const padded = g.node("Equal", ["attention_mask", g.int64s("pos_zero", [0], true)])
-  const all = g.node("Where", [padded, "pos_one", minusOne])
-  const seq = g.node("Shape", ["input_ids"], [int("start", 1), int("end", 2)])
-  const negative = g.node("Neg", [seq])
-  g.node("Slice", [all, negative, g.int64s("pos_end", [Number.MAX_SAFE_INTEGER]), g.int64s("pos_axes", [1])], [], "position_ids")
+  if (from === "mask") {
+    const cumsum = g.node("CumSum", ["attention_mask", g.int64s("pos_axis", [1], true)])
+    const minusOne = g.node("Sub", [cumsum, g.int64s("pos_one", [1], true)])
+    const padded = g.node("Equal", ["attention_mask", g.int64s("pos_zero", [0], true)])
+    const all = g.node("Where", [padded, "pos_one", minusOne])
+    const seq = g.node("Shape", ["input_ids"], [int("start", 1), int("end", 2)])
+    const negative = g.node("Neg", [seq])
+    g.node("Slice", [all, negative, g.int64s("pos_end", [Number.MAX_SAFE_INTEGER]), g.int64s("pos_axes", [1])], [], "position_ids")
+  } else {
+    const past = g.node("Gather", [g.node("Shape", ["past_key_values.0.key"]), g.int64s("pos_two", [2], true)], [int("axis", 0)])
+    const seq = g.node("Gather", [g.node("Shape", ["input_ids"]), g.int64s("pos_index_one", [1], true)], [int("axis", 0)])
+    const range = g.node("Range", [past, g.node("Add", [past, seq]), g.int64s("pos_step", [1], true)])
+    g.node("Expand", [g.node("Unsqueeze", [range, g.int64s("pos_axis0", [0])]), g.node("Shape", ["input_ids"])], [], "position_ids")
+  }
   graph.node = [...g.nodes, ...graph.node!]
   graph.initializer = [...graph.initializer!, ...g.initializers]
   return onnx.ModelProto.encode(model).finish()

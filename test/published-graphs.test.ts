@@ -3,7 +3,8 @@
  * (test/published-fixtures.ts) from the tiny model's weights or graph: onnxruntime-genai's GroupQueryAttention
  * graphs (rotary fused into the attention, or separate RotaryEmbedding nodes; both need the scheduler's
  * right-padded layout), optimum's merged decoder (an `If` on use_cache_branch), transformers.js's q8 file
- * (MatMulInteger) chosen by `dtype: "q8"`, and a graph without position_ids.
+ * (MatMulInteger) chosen by `dtype: "q8"`, and graphs without position_ids (positions from the mask, or
+ * counted by column).
  *
  * For each: two turns of three conversations, batched through the actor (the second turn continues each
  * episode's cache), give exactly the tokens transformers.js `generate()` gives on the same file for each
@@ -204,6 +205,9 @@ describe("transformers.js's q8 file (DynamicQuantizeLinear + MatMulInteger), cho
     expect(q8.gathers).toBe(1)
     const directory = await directoryWith({ "model.onnx": plain, "model_quantized.onnx": q8.bytes })
     expect(publishedGraph(directory, "q8")).toBe(path.join(directory, "onnx", "model_quantized.onnx"))
+    const model = await OnnxCausalLM.load(directory, { threads: 1, dtype: "q8" })
+    expect(model.rowsAlone).toBe("quantized activations")
+    await model.release()
     const quantized = await decodesLikeTransformersJs(directory, "q8")
     // Quantization changed the model, so the test sees which file ran.
     const tokenizer = await loadTokenizer(directory)
@@ -216,13 +220,17 @@ describe("transformers.js's q8 file (DynamicQuantizeLinear + MatMulInteger), cho
   }, 180_000)
 })
 
-describe("a graph without position_ids (positions from attention_mask, as transformers derives them)", () => {
-  it("decodes as transformers.js generate() does, batched (left-padded, with gaps) and one at a time", async () => {
+describe("graphs without position_ids", () => {
+  it.each([
+    { from: "mask" as const, rowsAlone: undefined, title: "positions from attention_mask (cumsum, as transformers derives them): batched, left-padded with gaps" },
+    { from: "layout" as const, rowsAlone: "positions from the layout", title: "positions counted by column: detected at load, each row runs alone and unpadded" }
+  ])("$title; decodes as transformers.js generate() does, batched and one at a time", async ({ from, rowsAlone }) => {
     const source = await tinyModel()
-    const bytes = withoutPositionIds(readFileSync(path.join(source, "onnx", "model.onnx")))
+    const bytes = withoutPositionIds(readFileSync(path.join(source, "onnx", "model.onnx")), from)
     const directory = await directoryWith({ "model.onnx": bytes })
     const model = await OnnxCausalLM.load(directory, { threads: 1 })
     expect(model.layout).toBe("left")
+    expect(model.rowsAlone).toBe(rowsAlone)
     await model.release()
     await decodesLikeTransformersJs(directory, undefined)
   }, 120_000)

@@ -200,11 +200,18 @@ export class OnnxCausalLM {
   /** Rows of the graph's rotary cos / sin cache, when it has one: the longest sequence it can run. */
   readonly positionLimit: number | undefined
   /**
-   * The graph quantizes activations per tensor (transformers.js's q8 files: DynamicQuantizeLinear before
-   * each MatMulInteger), so one row's numbers depend on every row and padded position it runs with. Such a
-   * graph runs each row alone, without its padded new positions: a row gets the same numbers batched or not.
+   * Why each row runs alone, if it does (one forward pass per row, cut to its real positions, past and new:
+   * a row gets the numbers it would get unbatched and unpadded, at the cost of batching):
+   * - "quantized activations": the graph quantizes activations per tensor (transformers.js's q8 files:
+   *   DynamicQuantizeLinear before each MatMulInteger), so a row's numbers depend on every row and padded
+   *   position it runs with;
+   * - "positions from the layout": the graph has no position_ids input and does not derive positions from
+   *   attention_mask (a gap in a row moves its later positions), so padding would shift them.
    */
-  readonly rowsCoupled: boolean
+  get rowsAlone(): "quantized activations" | "positions from the layout" | undefined {
+    return this.#rowsAlone
+  }
+  #rowsAlone: "quantized activations" | "positions from the layout" | undefined
   #session: ort.InferenceSession
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
@@ -227,7 +234,7 @@ export class OnnxCausalLM {
     positionLimit: number | undefined,
     rowsCoupled: boolean
   ) {
-    this.rowsCoupled = rowsCoupled
+    this.#rowsAlone = rowsCoupled ? "quantized activations" : undefined
     this.directory = directory
     this.layout = layout
     this.positionLimit = positionLimit
@@ -295,7 +302,11 @@ export class OnnxCausalLM {
       await created.session.release()
       throw new ModelLoadError(`${file}: a GroupQueryAttention graph needs right padding (each row's cache a left-aligned prefix); it cannot run left-padded`)
     }
-    return new OnnxCausalLM(absolute, shape, created, options.threads, layout, positionLimit, rowsCoupled)
+    const model = new OnnxCausalLM(absolute, shape, created, options.threads, layout, positionLimit, rowsCoupled)
+    if (model.#rowsAlone === undefined && !model.#hasPositionIds && layout === "left" && !(await model.#positionsFromMask())) {
+      model.#rowsAlone = "positions from the layout"
+    }
+    return model
   }
 
   /** Replaces the session with one built from `bytes` (same architecture, new weights). */
@@ -307,12 +318,39 @@ export class OnnxCausalLM {
   }
 
   async forward(inputs: ForwardInputs): Promise<ForwardOutputs> {
-    return this.rowsCoupled ? this.#forwardRows(inputs) : this.#forwardBatch(inputs)
+    return this.#rowsAlone !== undefined ? this.#forwardRows(inputs) : this.#forwardBatch(inputs)
   }
 
   /**
-   * Each row alone, its new part cut to its real columns (the past stays: its padding is masked and reaches
-   * no quantized MatMul). Outputs are laid out as one batched pass's; padded positions stay zero.
+   * Whether a graph without position_ids derives positions from attention_mask (transformers' cumsum), as
+   * the left layout's gaps need: two tokens with a masked one between them must give the logits they give
+   * side by side. A graph that counts positions by column (`range(past, past + sequence)`) moves the second.
+   */
+  async #positionsFromMask(): Promise<boolean> {
+    const { numLayers, vocabSize } = this.shape
+    const empty = Array.from({ length: numLayers }, () => new Float32Array(0))
+    const run = (ids: ReadonlyArray<number>, mask: ReadonlyArray<number>) =>
+      this.#forwardBatch({
+        batch: 1, sequenceLength: ids.length, pastLength: 0,
+        inputIds: BigInt64Array.from(ids, BigInt), positionIds: new BigInt64Array(ids.length),
+        attentionMask: BigInt64Array.from(mask, BigInt), pastKeys: empty, pastValues: empty
+      })
+    const [a, b] = [1 % vocabSize, 2 % vocabSize]
+    const together = (await run([a, b], [1, 1])).logits.subarray(vocabSize)
+    const apart = (await run([a, 0, b], [1, 0, 1])).logits.subarray(2 * vocabSize)
+    let scale = 0
+    let difference = 0
+    for (let i = 0; i < vocabSize; i++) {
+      scale = Math.max(scale, Math.abs(together[i]!))
+      difference = Math.max(difference, Math.abs(together[i]! - apart[i]!))
+    }
+    return difference <= 1e-4 * Math.max(1, scale)
+  }
+
+  /**
+   * Each row alone, cut to its real positions: the new part to its real columns, the past to its real
+   * columns (copied out when there is padding). Outputs are laid out as one batched pass's; padded
+   * positions stay zero.
    */
   async #forwardRows(inputs: ForwardInputs): Promise<ForwardOutputs> {
     const { batch: b, sequenceLength: s, pastLength: p } = inputs
@@ -333,12 +371,22 @@ export class OnnxCausalLM {
       // A free slot: nothing reads its outputs.
       if (hi === 0) continue
       const n = hi - lo
-      const rowMask = new BigInt64Array(p + n)
-      rowMask.set(mask.subarray(0, p))
-      rowMask.set(mask.subarray(p + lo, p + hi), p)
-      const past = (data: Float32Array) => data.subarray(r * kvHeads * p * headDim, (r + 1) * kvHeads * p * headDim)
+      const columns: Array<number> = []
+      for (let c = 0; c < p; c++) if (mask[c] !== 0n) columns.push(c)
+      const q = columns.length
+      const rowMask = new BigInt64Array(q + n).fill(1n)
+      rowMask.set(mask.subarray(p + lo, p + hi), q)
+      const past = (data: Float32Array) => {
+        const row = data.subarray(r * kvHeads * p * headDim, (r + 1) * kvHeads * p * headDim)
+        if (q === p) return row
+        const out = new Float32Array(kvHeads * q * headDim)
+        for (let h = 0; h < kvHeads; h++) {
+          columns.forEach((c, i) => out.set(row.subarray((h * p + c) * headDim, (h * p + c + 1) * headDim), (h * q + i) * headDim))
+        }
+        return out
+      }
       const out = await this.#forwardBatch({
-        batch: 1, sequenceLength: n, pastLength: p,
+        batch: 1, sequenceLength: n, pastLength: q,
         inputIds: inputs.inputIds.subarray(r * s + lo, r * s + hi),
         positionIds: inputs.positionIds.subarray(r * s + lo, r * s + hi),
         attentionMask: rowMask,
