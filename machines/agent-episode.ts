@@ -45,6 +45,8 @@ export interface AgentGenerateOutput {
   readonly text: string
   readonly policyVersion: number
   readonly policyVersions?: ReadonlyArray<number>
+  /** Why the generation ended; "aborted" when the agent's client went away mid-call. */
+  readonly finishReason?: string
 }
 
 export interface AgentOutcome {
@@ -181,7 +183,9 @@ export const agentEpisodeMachine = setup({
           reward: 0,
           policyVersion: output.policyVersion,
           ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : {}),
-          timings: timings(context)
+          timings: timings(context),
+          // The agent's client went away mid-call: the turn holds what was generated until then.
+          ...(output.finishReason === "aborted" ? { info: { finishReason: "aborted" } } : {})
         }]
       }
       return {
@@ -308,7 +312,7 @@ export const agentEpisodeMachine = setup({
     // The agent's reward is credited to the last assistant turn of the main sequence.
     const lastAssistant = main?.turns.findLastIndex((turn) => turn.role === "assistant") ?? -1
     const turns = main?.turns.map((turn, i) =>
-      i === lastAssistant ? { ...turn, reward, ...(context.outcome?.info !== undefined ? { info: context.outcome.info } : {}) } : turn
+      i === lastAssistant ? { ...turn, reward, ...(context.outcome?.info !== undefined ? { info: { ...turn.info, ...context.outcome.info } } : {}) } : turn
     ) ?? []
     const others = context.chains.filter((_, i) => i !== context.active)
     return {

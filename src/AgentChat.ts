@@ -251,3 +251,68 @@ export const completionChunks = (c: Completion, includeUsage: boolean): string =
   ]
   return chunks.map((chunk) => `data: ${JSON.stringify(chunk)}\n\n`).join("") + "data: [DONE]\n\n"
 }
+
+const TOOL_CALL = "<tool_call>"
+
+/**
+ * The start of a reply being generated that is content whatever tokens come next: everything before a tool
+ * call or what may begin one (a `<tool_call>` prefix, the newline the template writes before it, a reply
+ * that may be Llama 3's bare JSON call), less a trailing incomplete character. `parseReply`'s content of
+ * the finished reply always starts with it.
+ */
+export const settledContent = (text: string): string => {
+  const bare = text.replace(/^<\|python_tag\|>/, "").trimStart()
+  if (bare === "" || bare.startsWith("{") || "<|python_tag|>".startsWith(text)) return ""
+  let end = text.indexOf(TOOL_CALL)
+  if (end < 0) {
+    end = text.length
+    for (let k = Math.min(text.length, TOOL_CALL.length - 1); k > 0; k--) {
+      if (TOOL_CALL.startsWith(text.slice(-k))) {
+        end = text.length - k
+        break
+      }
+    }
+  }
+  return text.slice(0, end).replace(/\n+$/, "").replace(/\uFFFD+$/, "")
+}
+
+/**
+ * A streamed answer as it is generated: the role, then a content delta whenever the settled content grows
+ * (token by token for plain text), then the rest of the content with the logprobs, the tool calls, the finish
+ * reason and the usage once the generation has ended, then `[DONE]`.
+ */
+export async function* streamedChunks(options: {
+  readonly id: string
+  readonly model: string
+  /** The reply's token ids as they are sampled; ends when the generation does. */
+  readonly tokens: AsyncIterable<number>
+  readonly decode: (ids: ReadonlyArray<number>) => string
+  /** The finished answer. */
+  readonly completion: Promise<Completion>
+  readonly includeUsage: boolean
+}): AsyncGenerator<string> {
+  const head = { id: options.id, object: "chat.completion.chunk", created: Math.floor(Date.now() / 1000), model: options.model }
+  const frame = (chunk: unknown) => `data: ${JSON.stringify(chunk)}\n\n`
+  const delta = (value: Record<string, unknown>, logprobs: unknown = null, finish: string | null = null) =>
+    frame({ ...head, choices: [{ index: 0, delta: value, logprobs, finish_reason: finish }] })
+  yield delta({ role: "assistant", content: "" })
+  const ids: Array<number> = []
+  let sent = ""
+  for await (const id of options.tokens) {
+    ids.push(id)
+    const content = settledContent(options.decode(ids))
+    if (content.length > sent.length && content.startsWith(sent)) {
+      yield delta({ content: content.slice(sent.length) })
+      sent = content
+    }
+  }
+  const c = await options.completion
+  const rest = c.reply.content.startsWith(sent) ? c.reply.content.slice(sent.length) : ""
+  if (rest !== "" || c.wantsLogprobs) yield delta({ content: rest }, logprobsOf(c))
+  for (const [index, call] of c.reply.toolCalls.entries()) {
+    yield delta({ tool_calls: [{ index, id: call.id, type: "function", function: call.function }] })
+  }
+  yield delta({}, null, c.finishReason)
+  if (options.includeUsage) yield frame({ ...head, choices: [], usage: usageOf(c) })
+  yield "data: [DONE]\n\n"
+}

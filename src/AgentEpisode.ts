@@ -51,6 +51,35 @@ export interface AgentEpisodeSpec {
   readonly stop?: Deferred.Deferred<void> | undefined
 }
 
+/** Tokens from the backend's callback to the stream's reader, in order; `end` once the generation settled. */
+const tokenChannel = () => {
+  const items: Array<number> = []
+  let ended = false
+  let wake: (() => void) | undefined
+  const notify = () => {
+    const resume = wake
+    wake = undefined
+    resume?.()
+  }
+  return {
+    push: (token: number) => {
+      items.push(token)
+      notify()
+    },
+    end: () => {
+      ended = true
+      notify()
+    },
+    async *[Symbol.asyncIterator](): AsyncGenerator<number> {
+      while (true) {
+        if (items.length > 0) yield items.shift()!
+        else if (ended) return
+        else await new Promise<void>((resolve) => (wake = resolve))
+      }
+    }
+  }
+}
+
 export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpec) {
   const inference = yield* Inference
   const tokenizer = yield* Tokenizer
@@ -60,9 +89,17 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
 
   yield* Effect.addFinalizer(() => inference.release?.(episodeId) ?? Effect.void)
 
-  const waiters = new Map<string, { resolve(output: AgentGenerateOutput): void; reject(cause: unknown): void }>()
+  /** Each call in flight: where its output goes, and what its client asked (tokens as they come, an abort). */
+  interface Waiter {
+    resolve(output: AgentGenerateOutput): void
+    reject(cause: unknown): void
+    readonly onToken?: ((token: number) => void) | undefined
+    /** The client went away: the generation ends at its next token, recorded as aborted. */
+    readonly cancel: AbortSignal
+  }
+  const waiters = new Map<string, Waiter>()
 
-  const generate = (input: AgentGenerateInput) =>
+  const generate = (input: AgentGenerateInput, waiter: Waiter | undefined) =>
     Effect.gen(function*() {
       const result = yield* inference.generate(new GenerationRequest({
         episodeId,
@@ -71,7 +108,7 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
         sampling: new SamplingParams({ ...spec.sampling, maxNewTokens: input.maxNewTokens }),
         stopTokenIds: tokenizer.stopTokenIds,
         seed: deriveSeed(spec.input.seed, spec.sample, input.turn)
-      }))
+      }), { onToken: waiter?.onToken, cancel: waiter?.cancel })
       if (result.tokenIds.length !== result.logprobs.length || result.tokenIds.length > input.maxNewTokens) {
         return yield* new InferenceError({ message: `inference returned ${result.tokenIds.length} tokens and ${result.logprobs.length} logprobs for at most ${input.maxNewTokens}` })
       }
@@ -104,7 +141,7 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
       }),
       generate: fromPromise<AgentGenerateOutput, AgentGenerateInput>(({ input, signal }) => {
         const waiter = waiters.get(input.callId)
-        const promise = runPromise(generate(input), { signal })
+        const promise = runPromise(generate(input, waiter), { signal })
         promise.then((output) => waiter?.resolve(output), (cause) => waiter?.reject(cause))
         return promise
       })
@@ -127,7 +164,7 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
   const given = new Map<string, string>()
   /** The generated text of the reply that made each tool call, by call id. */
   const replies = new Map<string, string>()
-  const handle: Handler = async (body) => {
+  const handle: Handler = async (body, signal) => {
     const request = AgentChat.forTemplate(
       tokenizer.chatTemplate,
       AgentChat.restoreToolCalls(AgentChat.templateMessages(body["messages"]), given),
@@ -144,34 +181,20 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
     } catch (cause) {
       throw new GatewayError(`the chat template cannot render these messages: ${String(cause)}`, 400, "messages")
     }
-    // One call at a time per episode: each is recorded against the context the previous one left.
-    const previous = queue
-    let release!: () => void
-    queue = new Promise((resolve) => (release = resolve))
-    await previous
-    try {
-      if (actor.getSnapshot().status !== "active") throw ended()
-      const callId = `call-${calls++}`
-      const output = new Promise<AgentGenerateOutput>((resolve, reject) => waiters.set(callId, { resolve, reject }))
-      actor.send({ type: "CALL", call: { id: callId, messages: AgentChat.recordMessages(messages), promptIds, maxTokens } })
-      if (!actor.getSnapshot().matches({ running: "generating" })) {
-        waiters.delete(callId)
-        throw ended()
-      }
-      const result = await output.catch((cause) => {
-        throw actor.getSnapshot().status === "active" ? cause : ended()
-      }).finally(() => waiters.delete(callId))
+    /** The answer from the call's generation; the tool calls it made are remembered for the next calls. */
+    const completionOf = (callId: string, result: AgentGenerateOutput): AgentChat.Completion => {
       const reply = AgentChat.parseReply(result.text, (i) => `${callId}-${i}`)
       for (const call of reply.toolCalls) {
         given.set(call.id, call.function.arguments)
         replies.set(call.id, result.text)
       }
-      const finishReason = (result as { readonly finishReason?: string }).finishReason
-      const completion: AgentChat.Completion = {
+      return {
         id: `chatcmpl-${episodeId}-${callId}`,
         model: "episodic",
         reply,
-        finishReason: finishReason === "length" ? "length" : reply.toolCalls.length > 0 ? "tool_calls" : "stop",
+        finishReason: result.finishReason === "length"
+          ? "length"
+          : result.finishReason === "aborted" ? "abort" : reply.toolCalls.length > 0 ? "tool_calls" : "stop",
         promptTokens: promptIds.length,
         tokenIds: result.tokenIds,
         logprobs: result.logprobs,
@@ -179,13 +202,52 @@ export const run = Effect.fn("AgentEpisode.run")(function*(spec: AgentEpisodeSpe
         policyVersion: result.policyVersion,
         wantsLogprobs: body["logprobs"] === true
       }
-      if (body["stream"] === true) {
-        const options = body["stream_options"] as { readonly include_usage?: unknown } | undefined
-        return { sse: AgentChat.completionChunks(completion, options?.include_usage === true) }
+    }
+    // One call at a time per episode: each is recorded against the context the previous one left.
+    const previous = queue
+    let release!: () => void
+    queue = new Promise((resolve) => (release = resolve))
+    await previous
+    // A streamed call hands the queue on when its generation ends, not when this function returns.
+    let handedOff = false
+    try {
+      if (actor.getSnapshot().status !== "active") throw ended()
+      const callId = `call-${calls++}`
+      const streamed = body["stream"] === true
+      const tokens = streamed ? tokenChannel() : undefined
+      const output = new Promise<AgentGenerateOutput>((resolve, reject) =>
+        waiters.set(callId, { resolve, reject, onToken: tokens?.push, cancel: signal })
+      )
+      actor.send({ type: "CALL", call: { id: callId, messages: AgentChat.recordMessages(messages), promptIds, maxTokens } })
+      if (!actor.getSnapshot().matches({ running: "generating" })) {
+        waiters.delete(callId)
+        throw ended()
       }
-      return { json: AgentChat.completionBody(completion) }
+      const settled = output.catch((cause) => {
+        throw actor.getSnapshot().status === "active" ? cause : ended()
+      }).finally(() => {
+        waiters.delete(callId)
+        tokens?.end()
+      })
+      const completion = settled.then((result) => completionOf(callId, result))
+      if (tokens !== undefined) {
+        handedOff = true
+        completion.then(release, release)
+        const options = body["stream_options"] as { readonly include_usage?: unknown } | undefined
+        return {
+          events: AgentChat.streamedChunks({
+            id: `chatcmpl-${episodeId}-${callId}`,
+            model: "episodic",
+            tokens,
+            decode: (ids) => tokenizer.decode(ids),
+            completion,
+            includeUsage: options?.include_usage === true
+          })
+        }
+      }
+      return { json: AgentChat.completionBody(await completion) }
     } finally {
-      release()
+      if (!handedOff) release()
     }
   }
 

@@ -14,8 +14,14 @@ import { errorMessage } from "./errorMessage.ts"
 
 export type Json = Record<string, unknown>
 
-/** What an episode answers: a JSON body, or server-sent events already framed. */
-export type Reply = { readonly status?: number; readonly json: unknown } | { readonly sse: string }
+/**
+ * What an episode answers: a JSON body, server-sent events already framed, or server-sent events as they
+ * come (each string one framed event; the response ends with the iterable).
+ */
+export type Reply =
+  | { readonly status?: number; readonly json: unknown }
+  | { readonly sse: string }
+  | { readonly events: AsyncIterable<string> }
 
 export type Handler = (body: Json, signal: AbortSignal) => Promise<Reply>
 
@@ -96,14 +102,22 @@ export const make = (options: { readonly model: string; readonly port?: number }
           if (typeof body !== "object" || body === null || Array.isArray(body)) throw new GatewayError("the body must be a JSON object", 400)
           return handler(body as Json, controller.signal)
         })
-        .then((reply) => {
-          if ("sse" in reply) {
-            if (res.destroyed) return
-            res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
-            res.end(reply.sse)
-          } else send(res, reply.status ?? 200, reply.json)
+        .then(async (reply) => {
+          if ("json" in reply) return send(res, reply.status ?? 200, reply.json)
+          if (res.destroyed) return
+          res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" })
+          if ("sse" in reply) return void res.end(reply.sse)
+          // Each event as it comes; a client that went away stops the writing (and aborted the call).
+          res.flushHeaders()
+          for await (const event of reply.events) {
+            if (res.destroyed) break
+            res.write(event)
+          }
+          res.end()
         })
         .catch((cause) => {
+          // Mid-stream there is no status to send: the client sees the stream cut.
+          if (res.headersSent) return void res.destroy()
           if (cause instanceof GatewayError) sendError(res, cause.status, cause.message, cause.param)
           else if (cause instanceof ChatRequestError) sendError(res, 400, cause.message, cause.param)
           else sendError(res, 500, errorMessage(cause))

@@ -8,8 +8,22 @@ import { Context, type Effect } from "effect"
 import type { GenerationRequest, GenerationResult, InferenceError } from "./Generation.ts"
 import type { InferenceGauges } from "./RunMonitor.ts"
 
+/** What a caller may add to a request: neither changes the tokens it gets. */
+export interface GenerateOptions {
+  /**
+   * Sees each token as it is sampled, before the result holds them all (a streamed chat completion). A backend
+   * that cannot stream (a text policy, a remote server) does not call it: the result is all there is.
+   */
+  readonly onToken?: ((token: number, logprob: number) => void) | undefined
+  /**
+   * Ends the generation early, as a client that went away asks: the result comes with the tokens so far and
+   * finish reason "aborted" (interrupting the effect instead fails it). A backend that cannot stop early runs on.
+   */
+  readonly cancel?: AbortSignal | undefined
+}
+
 export class Inference extends Context.Service<Inference, {
-  generate(request: GenerationRequest): Effect.Effect<GenerationResult, InferenceError>
+  generate(request: GenerationRequest, options?: GenerateOptions): Effect.Effect<GenerationResult, InferenceError>
   /** The episode has ended: whatever the backend keeps for it (its KV cache) can go. */
   release?(episodeId: string): Effect.Effect<void>
   /** The backend's batch now, for progress displays (the inference actor has one; a text policy does not). */

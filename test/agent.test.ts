@@ -8,8 +8,10 @@ import { createOpenAICompatible } from "@ai-sdk/openai-compatible"
 import { assert, describe, it } from "@effect/vitest"
 import { generateText, jsonSchema, stepCountIs, streamText, tool } from "ai"
 import { Effect, Layer, Stream } from "effect"
+import { tmpdir } from "node:os"
+import * as path from "node:path"
 import OpenAI from "openai"
-import { InferenceActor } from "../actors/inference/index.ts"
+import { InferenceActor, type InferenceActor as InferenceActorHandle } from "../actors/inference/index.ts"
 import * as AgentChat from "../src/AgentChat.ts"
 import { AgentGateway } from "../src/AgentGateway.ts"
 import { Engine } from "../src/Engine.ts"
@@ -243,6 +245,75 @@ describe("agents through the per-episode endpoint", () => {
       assert.strictEqual(t.numTurns, 2)
     }).pipe(Effect.provide(layerOf((context) => toolResponses(context) === 0 ? toolCall("move", '{"dir": "up"}') : "arrived", log3))))
 
+  const log3b = newLog()
+  let finishedAt: Array<number> = []
+  it.effect("streamText gets the content token by token while it is generated; tool-call text is never streamed as content", () =>
+    Effect.gen(function*() {
+      const tokenizer = yield* Tokenizer
+      const parts: Array<{ readonly text: string; readonly at: number }> = []
+      const t = yield* play(async ({ openai }) => {
+        const provider = createOpenAICompatible({ name: "episodic", baseURL: openai.baseURL, apiKey: openai.apiKey, includeUsage: true })
+        const result = streamText({
+          model: provider("policy"),
+          prompt: "Reach the goal.",
+          tools: { move: tool({ inputSchema: jsonSchema<{ dir: string }>({ type: "object", properties: { dir: { type: "string" } } }), execute: async ({ dir }) => `moved ${dir}` }) },
+          stopWhen: stepCountIs(3),
+          maxRetries: 0
+        })
+        for await (const part of result.textStream) parts.push({ text: part, at: performance.now() })
+        return 1
+      })
+      check(t, tokenizer, log3b)
+      assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+      assert.strictEqual(t.numTurns, 2)
+      const [first, second] = t.turns.filter((turn) => turn.role === "assistant")
+      // The first reply's content before its tool call, then the whole second reply, as the policy wrote them.
+      assert.strictEqual(parts.map((p) => p.text).join(""), "Let me move." + second!.text)
+      assert.strictEqual(first!.text, `Let me move.\n${toolCall("move", '{"dir": "up"}')}`)
+      // Several pieces of each reply arrived before its generation ended.
+      assert.strictEqual(finishedAt.length, 2)
+      const early = (end: number, from: number) => parts.filter((p) => p.at >= from && p.at < end).length
+      assert.isAbove(early(finishedAt[0]!, 0), 1)
+      assert.isAbove(early(finishedAt[1]!, finishedAt[0]!), 3)
+    }).pipe(Effect.provide(Layer.mergeAll(
+      Layer.effect(
+        Inference,
+        Effect.gen(function*() {
+          const tokenizer = yield* Tokenizer
+          const stopId = tokenizer.stopTokenIds.at(-1)!
+          finishedAt = []
+          // A policy that produces its reply a token every 20 ms, telling onToken of each.
+          return Inference.of({
+            generate: (request, options) =>
+              Effect.promise(async () => {
+                const context = tokenizer.decode(request.contextIds, { skipSpecialTokens: false })
+                log3b.contexts.push(request.contextIds)
+                const text = toolResponses(context) === 0 ? `Let me move.\n${toolCall("move", '{"dir": "up"}')}` : "Arrived at the goal, three steps north of the start."
+                log3b.texts.push(text)
+                const ids = [...tokenizer.encode(text), stopId]
+                for (const id of ids) {
+                  await new Promise((resolve) => setTimeout(resolve, 20))
+                  options?.onToken?.(id, -0.5)
+                }
+                finishedAt.push(performance.now())
+                return new GenerationResult({ tokenIds: ids, logprobs: ids.map(() => -0.5), finishReason: "eos", policyVersion: 0 })
+              })
+          })
+        })
+      ),
+      AgentGateway.layer()
+    ).pipe(Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3))))))
+
+  it("settledContent holds back what may still become a tool call", () => {
+    assert.strictEqual(AgentChat.settledContent("Hello wor"), "Hello wor")
+    assert.strictEqual(AgentChat.settledContent("Hello\n<tool_"), "Hello")
+    assert.strictEqual(AgentChat.settledContent("Hello\n<tool_call>\n{"), "Hello")
+    assert.strictEqual(AgentChat.settledContent("Hi <b>"), "Hi <b>")
+    assert.strictEqual(AgentChat.settledContent(" {\"name\""), "")
+    assert.strictEqual(AgentChat.settledContent("<|python"), "")
+    assert.strictEqual(AgentChat.settledContent("caf\uFFFD"), "caf")
+  })
+
   const log4 = newLog()
   it.effect("an agent that rewrites its history: each token-consistent chain is kept as its own sequence", () =>
     Effect.gen(function*() {
@@ -412,10 +483,15 @@ describe("experiments/agent-grid-quest.ts", () => {
         assert.strictEqual(t.turns.findLast((turn) => turn.role === "assistant")?.info?.["success"], true)
         assert.isUndefined(t.sequences, "each game is one token-consistent chain")
         assert.isBelow(t.promptIds.length + t.responseIds.length, 1024, "it fits the micro model's context")
+        // A tool call is one token of that tokenizer (and its end-of-turn token).
+        for (const turn of t.turns.filter((turn) => turn.role === "assistant")) assert.strictEqual(turn.tokenEnd - turn.tokenStart, 2)
       }
     }).pipe(Effect.provide(Layer.unwrap(Effect.promise(async () => {
       const { agent, demonstrations, default: experiment } = await import("../experiments/agent-grid-quest.ts")
-      const model = await tinyModel()
+      // The experiment's own model (its tokenizer knows tool calls), made as `episodic run` makes it.
+      const { initModel } = await import("../src/model/init.ts")
+      const model = path.join(tmpdir(), `episodic-test-agent-grid-quest-${process.pid}`)
+      await initModel(model, experiment.modelInit!)
       return Engine.layer({
         environments: new EnvironmentRegistry(),
         concurrency: 4,
@@ -431,6 +507,87 @@ describe("experiments/agent-grid-quest.ts", () => {
 })
 
 describe("an agent on the tiny model through the inference actor", () => {
+  /** The actor itself (its counters tell whether it stopped decoding), as the run's Inference. */
+  const withActor = <A, E>(use: (actor: InferenceActorHandle) => Effect.Effect<A, E, Inference | AgentGateway | Tokenizer>) =>
+    Effect.gen(function*() {
+      const model = yield* Effect.promise(() => tinyModel())
+      const actor = yield* Effect.acquireRelease(Effect.promise(() => InferenceActor.start({ model, maxBatchSize: 4 })), (actor) => Effect.promise(() => actor.close()))
+      return yield* use(actor).pipe(Effect.provide(
+        Layer.mergeAll(Layer.succeed(Inference, InferenceActor.service(actor)), AgentGateway.layer()).pipe(Layer.provideMerge(Tokenizer.layer(model)))
+      ))
+    }).pipe(Effect.scoped)
+
+  it.effect("a streamed call through the actor arrives token by token, and its text is the record's mask-1 text", () =>
+    withActor((actor) =>
+      Effect.gen(function*() {
+        const tokenizer = yield* Tokenizer
+        const chunks: Array<string> = []
+        let finish: string | null = null
+        const t = yield* play(async ({ openai }) => {
+          const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+          const stream = await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "Reach the goal." }], stream: true })
+          for await (const chunk of stream) {
+            const choice = chunk.choices[0]
+            if (choice?.delta.content) chunks.push(choice.delta.content)
+            if (choice?.finish_reason) finish = choice.finish_reason
+          }
+          return 0
+        }, { maxNewTokens: 48 })
+        assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+        const generated = t.responseIds.filter((_, i) => t.responseMask[i] === 1)
+        assert.strictEqual(chunks.join(""), tokenizer.decode(generated))
+        // Token by token: many content chunks, not one at the end.
+        assert.isAbove(chunks.length, 5)
+        assert.include(["length", "stop"], finish)
+        const stats = yield* Effect.promise(() => actor.stats())
+        assert.strictEqual(stats.generatedTokens, generated.length)
+      })
+    ), 120_000)
+
+  it.effect("a client that disconnects mid-call aborts its generation: the actor stops, the turn is recorded aborted", () =>
+    withActor((actor) =>
+      Effect.gen(function*() {
+        const maxNewTokens = 800
+        let received = 0
+        let error = ""
+        const t = yield* play(async ({ openai }) => {
+          const client = new OpenAI({ baseURL: openai.baseURL, apiKey: openai.apiKey, maxRetries: 0 })
+          const controller = new AbortController()
+          try {
+            const stream = await client.chat.completions.create(
+              { model: "p", messages: [{ role: "user", content: "Reach the goal." }], stream: true },
+              { signal: controller.signal }
+            )
+            for await (const chunk of stream) {
+              if (chunk.choices[0]?.delta.content) received += 1
+              // The client goes away after a few pieces of the answer.
+              if (received === 3) controller.abort()
+            }
+          } catch (cause) {
+            error = String(cause)
+          }
+          // The next call waits for the aborted one to settle: the record then holds both.
+          await client.chat.completions.create({ model: "p", messages: [{ role: "user", content: "again" }], max_tokens: 2 })
+          return 0
+        }, { maxNewTokens, maxResponseTokens: 2 * maxNewTokens })
+        // The openai client ends an aborted stream quietly (or throws an abort error).
+        assert.isAtLeast(received, 3)
+        assert.isTrue(error === "" || /abort/i.test(error), error)
+        assert.strictEqual(t.finishReason, "done", JSON.stringify(t.error))
+        const turns = [t, ...(t.sequences ?? [])].flatMap((s) => s.turns.filter((turn) => turn.role === "assistant"))
+        assert.strictEqual(turns.length, 2)
+        const aborted = turns.find((turn) => turn.info?.["finishReason"] === "aborted")
+        assert.isDefined(aborted)
+        const abortedTokens = aborted!.tokenEnd - aborted!.tokenStart
+        assert.isAtLeast(abortedTokens, 3)
+        assert.isBelow(abortedTokens, maxNewTokens / 4)
+        // The actor decoded no more than the record holds: it stopped that row when the client went away.
+        const generated = turns.reduce((n, turn) => n + turn.tokenEnd - turn.tokenStart, 0)
+        const stats = yield* Effect.promise(() => actor.stats())
+        assert.strictEqual(stats.generatedTokens, generated)
+      })
+    ), 120_000)
+
   it.effect("the reply the agent receives is the record's mask-1 text", () =>
     Effect.gen(function*() {
       const tokenizer = yield* Tokenizer

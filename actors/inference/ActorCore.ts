@@ -14,7 +14,8 @@ import type { ActorInfo, ActorSettings, Call, Reply } from "./protocol.ts"
 export interface ActorCore {
   readonly info: ActorInfo
   readonly scheduler: BatchScheduler
-  handle(call: Call): Promise<Reply>
+  /** `onToken` sees a streamed `generate` call's tokens as they are sampled. */
+  handle(call: Call, onToken?: (token: number, logprob: number) => void): Promise<Reply>
   close(): Promise<void>
 }
 
@@ -47,10 +48,10 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
   return {
     info,
     scheduler,
-    handle: async (call) => {
+    handle: async (call, onToken) => {
       switch (call.type) {
         case "generate":
-          return scheduler.generate(call.request)
+          return scheduler.generate(call.request, onToken)
         case "updateWeights":
           // New weights become a new graph from our exporter, for the family config.json describes (family.ts).
           return scheduler.updateWeights(exportOnnx(readConfig(directory), call.weights), call.version)

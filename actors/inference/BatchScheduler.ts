@@ -105,6 +105,8 @@ interface Ticket {
   readonly request: SchedulerRequest
   readonly resolve: (result: SchedulerResult) => void
   readonly reject: (error: Error) => void
+  /** Sees each token as it is sampled (a streamed chat completion), before the request resolves with them all. */
+  readonly onToken: ((token: number, logprob: number) => void) | undefined
   settled: boolean
   /** The episode asked to stop: the row ends "aborted" at its next token. */
   cancelled: boolean
@@ -215,12 +217,13 @@ export class BatchScheduler {
     return this.#version
   }
 
-  generate(request: SchedulerRequest): Promise<SchedulerResult> {
+  /** `onToken` sees each of the request's tokens as it is sampled; the result still holds them all. */
+  generate(request: SchedulerRequest, onToken?: (token: number, logprob: number) => void): Promise<SchedulerResult> {
     if (this.#closed) return Promise.reject(new SchedulerError("the inference actor is closed"))
     const problem = this.#validate(request)
     if (problem !== undefined) return Promise.reject(new SchedulerError(`episode ${request.episodeId}: ${problem}`))
     return new Promise((resolve, reject) => {
-      const ticket: Ticket = { request, resolve, reject, settled: false, cancelled: false, forgotten: false, progressAt: performance.now(), state: "queued" }
+      const ticket: Ticket = { request, resolve, reject, onToken, settled: false, cancelled: false, forgotten: false, progressAt: performance.now(), state: "queued" }
       this.#tickets.add(ticket)
       this.#waiting.push(ticket)
       this.#watch()
@@ -646,6 +649,7 @@ export class BatchScheduler {
     row.versions.push(this.#version)
     row.next = sample.token
     ticket.progressAt = performance.now()
+    if (!ticket.settled) ticket.onToken?.(sample.token, sample.logprob)
     this.stats.generatedTokens += 1
     const finishReason = this.#finishReason(row, sample.token)
     if (finishReason === undefined) return false

@@ -59,7 +59,11 @@ export interface InferenceActorOptions {
 
 export interface InferenceActor {
   readonly info: ActorInfo
-  generate(request: GenerationRequest, signal?: AbortSignal): Promise<GenerationResult>
+  /**
+   * `signal` ends the request at its next token, finish reason "aborted", with the tokens so far;
+   * `onToken` sees each token as it is sampled (a streamed chat completion).
+   */
+  generate(request: GenerationRequest, signal?: AbortSignal, onToken?: OnToken): Promise<GenerationResult>
   /** Runs a request in the scheduler's own terms (e.g. a replay of recorded tokens). */
   schedule(request: SchedulerRequest): Promise<SchedulerResult>
   /** New weights (Hugging Face names, as in model.safetensors) become policy `version` between two steps. */
@@ -93,18 +97,20 @@ const toSchedulerRequest = (request: GenerationRequest): SchedulerRequest => ({
   seed: request.seed
 })
 
-type Transport = { readonly info: ActorInfo; call(call: Call): Promise<Reply>; close(): Promise<void> }
+type OnToken = (token: number, logprob: number) => void
+
+type Transport = { readonly info: ActorInfo; call(call: Call, onToken?: OnToken): Promise<Reply>; close(): Promise<void> }
 
 const inThread = async (settings: ActorSettings): Promise<Transport> => {
   const core = await startCore(settings)
-  return { info: core.info, call: (call) => core.handle(call), close: () => core.close() }
+  return { info: core.info, call: (call, onToken) => core.handle(call, onToken), close: () => core.close() }
 }
 
 const inWorker = (settings: ActorSettings): Promise<Transport> =>
   new Promise((resolve, reject) => {
     // A checkout runs worker.ts; the installed package its compiled worker.js (scripts/build.ts).
     const worker = new Worker(new URL(import.meta.url.endsWith(".ts") ? "./worker.ts" : "./worker.js", import.meta.url), { workerData: settings })
-    const pending = new Map<number, { resolve: (value: Reply) => void; reject: (error: Error) => void }>()
+    const pending = new Map<number, { resolve: (value: Reply) => void; reject: (error: Error) => void; onToken?: OnToken | undefined }>()
     let next = 0
     let closed = false
     const failAll = (message: string) => {
@@ -112,16 +118,20 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
       pending.clear()
     }
     worker.on("message", (message: FromWorker) => {
+      if ("type" in message && message.type === "token") {
+        pending.get(message.id)?.onToken?.(message.token, message.logprob)
+        return
+      }
       if ("type" in message) {
         if (message.type === "ready") {
           resolve({
             info: message.info,
-            call: (call) =>
+            call: (call, onToken) =>
               closed
                 ? Promise.reject(new Error("the inference actor is closed"))
                 : new Promise((resolveCall, rejectCall) => {
                     const id = next++
-                    pending.set(id, { resolve: resolveCall, reject: rejectCall })
+                    pending.set(id, { resolve: resolveCall, reject: rejectCall, onToken })
                     // Weights move to the worker rather than being copied.
                     const transfer = call.type === "updateWeights" ? [...new Set([...call.weights.values()].map((t) => t.data.buffer as ArrayBuffer))] : []
                     worker.postMessage({ id, call }, transfer)
@@ -161,15 +171,16 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
 export const start = async (options: InferenceActorOptions): Promise<InferenceActor> => {
   const settings = settingsOf(options)
   const transport = await (options.thread === "main" ? inThread(settings) : inWorker(settings))
-  const schedule = (request: SchedulerRequest) => transport.call({ type: "generate", request }) as Promise<SchedulerResult>
+  const schedule = (request: SchedulerRequest, onToken?: OnToken) =>
+    transport.call(onToken === undefined ? { type: "generate", request } : { type: "generate", request, stream: true }, onToken) as Promise<SchedulerResult>
   return {
     info: transport.info,
-    schedule,
-    generate: async (request, signal) => {
+    schedule: (request) => schedule(request),
+    generate: async (request, signal, onToken) => {
       const onAbort = () => void transport.call({ type: "cancel", episodeId: request.episodeId })
       signal?.addEventListener("abort", onAbort, { once: true })
       try {
-        const result = await schedule(toSchedulerRequest(request))
+        const result = await schedule(toSchedulerRequest(request), onToken)
         return new GenerationResult(result)
       } finally {
         signal?.removeEventListener("abort", onAbort)
@@ -185,9 +196,9 @@ export const start = async (options: InferenceActorOptions): Promise<InferenceAc
 /** The engine's `Inference` service over a running actor (which the caller closes). */
 export const service = (actor: InferenceActor): Inference["Service"] =>
   Inference.of({
-    generate: (request) =>
+    generate: (request, options) =>
       Effect.tryPromise({
-        try: (signal) => actor.generate(request, signal),
+        try: (signal) => actor.generate(request, options?.cancel === undefined ? signal : AbortSignal.any([signal, options.cancel]), options?.onToken),
         catch: (cause) => new InferenceError({ message: errorMessage(cause) })
       }),
     release: (episodeId) => Effect.sync(() => actor.forget(episodeId)),

@@ -17,7 +17,8 @@ export interface ActorSettings {
 }
 
 export type Call =
-  | { readonly type: "generate"; readonly request: SchedulerRequest }
+  /** `stream`: the worker sends each token as it is sampled (a `token` message), then the result. */
+  | { readonly type: "generate"; readonly request: SchedulerRequest; readonly stream?: boolean }
   | { readonly type: "updateWeights"; readonly weights: Weights; readonly version: number }
   | { readonly type: "cancel"; readonly episodeId: string }
   | { readonly type: "forget"; readonly episodeId: string }
@@ -39,6 +40,7 @@ export type ToWorker = { readonly id: number; readonly call: Call }
 export type FromWorker =
   | { readonly type: "ready"; readonly info: ActorInfo }
   | { readonly type: "failed"; readonly message: string }
+  | { readonly type: "token"; readonly id: number; readonly token: number; readonly logprob: number }
   | { readonly id: number; readonly ok: true; readonly value: Reply }
   | { readonly id: number; readonly ok: false; readonly message: string }
 

@@ -9,7 +9,10 @@ const send = (message: FromWorker) => port.postMessage(message)
 try {
   const core = await startCore(workerData as ActorSettings)
   port.on("message", ({ id, call }: ToWorker) => {
-    core.handle(call).then(
+    const onToken = call.type === "generate" && call.stream === true
+      ? (token: number, logprob: number) => send({ type: "token", id, token, logprob })
+      : undefined
+    core.handle(call, onToken).then(
       (value) => {
         send({ id, ok: true, value })
         // Nothing is left to do: let the thread end on its own.

@@ -10,13 +10,18 @@ import { configJson, presets, type LlamaConfig, type Preset } from "./config.ts"
 import { weightShapes } from "./family.ts"
 import { exportOnnx } from "./onnxExport.ts"
 import * as Safetensors from "./safetensors.ts"
-import { environmentCorpus, trainTokenizer } from "./tokenizer.ts"
+import { environmentCorpus, toolCallCorpus, trainTokenizer } from "./tokenizer.ts"
 
 export interface InitOptions {
   readonly preset?: Preset
   readonly seed?: number
   /** Tokenizer size: 256 bytes, 3 special tokens, and learned merges up to this many. */
   readonly vocabSize?: number
+  /**
+   * The tokenizer also learns from agents' tool calls (`toolCallCorpus`: grid-quest through a `move` tool in
+   * the Hermes format), so that an agent's calls and the tools in its system message are a few tokens each.
+   */
+  readonly toolCalls?: boolean
   /** Replace an existing directory (the default); false keeps one that appeared meanwhile. */
   readonly replace?: boolean
 }
@@ -49,7 +54,8 @@ export const writeOnnx = (directory: string, config: LlamaConfig, weights: Safet
 export const initModel = async (out: string, options: InitOptions = {}): Promise<LlamaConfig> => {
   const preset = presets[options.preset ?? "tiny"]
   if (preset === undefined) throw new Error(`unknown preset "${options.preset}"; presets: ${Object.keys(presets).join(", ")}`)
-  const tokenizer = trainTokenizer(await environmentCorpus(), options.vocabSize ?? 1024)
+  const corpus = [...await environmentCorpus(), ...(options.toolCalls === true ? await toolCallCorpus() : [])]
+  const tokenizer = trainTokenizer(corpus, options.vocabSize ?? 1024)
   const config: LlamaConfig = {
     ...preset,
     family: "llama",
