@@ -8,6 +8,7 @@
  *   npm run bench -- learning                                         # both experiments, seeds 0 1 2
  *   LEARNING_SEEDS=0 LEARNING_EXPERIMENTS=guess-number npm run bench -- learning
  *   LEARNING_OUT=docs/learning npm run bench -- learning              # where the runs and curves go (default runs/learning)
+ *   LEARNING_SET="trainer.maxMinutes=1 evaluation.episodes=20" ...    # --set flags for every run (a quick check)
  *
  * Long: each run takes up to 10 minutes on two CPU cores, so the default is about an hour.
  */
@@ -55,7 +56,8 @@ const runOnce = (learner: Learner, seed: number, out: string): Outcome => {
   // The run's own progress lines go to a log beside its directory.
   const log = openSync(path.join(out, `${name}.log`), "w")
   try {
-    execFileSync(process.execPath, [path.join(root, "bin/episodic.js"), "run", learner.file, "--seed", String(seed), "--name", name, "--out", out], {
+    const sets = (process.env.LEARNING_SET ?? "").split(/\s+/).filter(Boolean).flatMap((assignment) => ["--set", assignment])
+    execFileSync(process.execPath, [path.join(root, "bin/episodic.js"), "run", learner.file, "--seed", String(seed), "--name", name, "--out", out, ...sets], {
       cwd: root,
       stdio: ["ignore", log, "inherit"]
     })

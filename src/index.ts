@@ -46,6 +46,7 @@ export { graphFor, importCheckpoint, inspect as inspectCheckpoint } from "./mode
 export { runExperiment, type ExperimentRun, type RunExperimentOptions } from "./runExperiment.ts"
 export { RunMonitor, type RunSnapshot, type MetricsPoint } from "./RunMonitor.ts"
 export { Trainer, type AlgorithmConfig, type TrainerOptions, type UpdateMetrics, type SftMetrics } from "../actors/trainer/Trainer.ts"
+export { TrainerThread, type TrainerHandle, type TrainerThreadOptions } from "../actors/trainer/thread.ts"
 export { PolicyModel } from "../actors/trainer/PolicyModel.ts"
 export { rewardManager, type RewardConfig, type RewardFunction } from "../actors/trainer/rewards.ts"
 export { groupAdvantages, gae, whiten, tokenRewards } from "../actors/trainer/advantages.ts"
