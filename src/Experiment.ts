@@ -131,7 +131,7 @@ export const ResolvedExperiment = Schema.Struct({
     provider: Schema.Literals(["cpu", "cuda"]),
     threads: Schema.optional(PositiveInt),
     /** Which published graph to run, as transformers.js names them (`onnx/model_q4.onnx` for "q4"); see docs/models.md. */
-    dtype: Schema.optional(Schema.Literals(["fp32", "fp16", "int8", "uint8", "q8", "q4", "q4f16", "bnb4"])),
+    dtype: Schema.optional(Schema.Literals(["fp32", "fp16", "int8", "uint8", "q8", "q4", "q4f16", "q2", "q2f16", "bnb4"])),
     remote: Schema.optional(RemoteInferenceSettings)
   }),
   modelInit: Schema.optional(Schema.Struct({

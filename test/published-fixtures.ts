@@ -15,6 +15,9 @@
  *   IntegerOps quantization, QInt8 symmetric per-tensor weights, QUInt8 activations): every MatMul by a
  *   weight becomes DynamicQuantizeLinear + MatMulInteger + Cast + Mul(scales) + Mul, and the embedding
  *   Gather reads int8 weights through DequantizeLinear.
+ * - `nBitsGraph`: transformers.js's / onnxruntime-genai's q4 and q2 files: every MatMul by a weight becomes a
+ *   com.microsoft MatMulNBits (symmetric, zero point 2^(bits-1), blocks of 32, one float scale per column and
+ *   block, the first element in a byte's low bits).
  * - `withoutPositionIds`: a graph with no position_ids input that derives positions from attention_mask as
  *   transformers does (cumsum - 1, the last sequence-length columns), or from the layout (column indexes).
  */
@@ -320,4 +323,55 @@ export const withoutPositionIds = (bytes: Uint8Array, from: "mask" | "layout" = 
   graph.node = [...g.nodes, ...graph.node!]
   graph.initializer = [...graph.initializer!, ...g.initializers]
   return onnx.ModelProto.encode(model).finish()
+}
+
+/** Every MatMul by a 2-D weight as a com.microsoft MatMulNBits of `bits` bits (see the file's header). */
+export const nBitsGraph = (bytes: Uint8Array, bits: 2 | 4 | 8): { bytes: Uint8Array; quantized: number } => {
+  const model = onnx.ModelProto.decode(bytes)
+  const graph = model.graph!
+  publishedOutputs(graph)
+  model.producerName = "onnxruntime-genai"
+  model.opsetImport!.push({ domain: "com.microsoft", version: 1 })
+  const initializers = new Map(graph.initializer!.map((t) => [t.name!, t]))
+  const blockSize = 32
+  const zero = 1 << (bits - 1)
+  let quantized = 0
+  graph.node = graph.node!.map((node) => {
+    const weight = node.opType === "MatMul" ? initializers.get(node.input![1]!) : undefined
+    if (weight === undefined || weight.dims!.length !== 2) return node
+    const [k, n] = weight.dims!.map(Number) as [number, number]
+    if (k % blockSize !== 0) return node
+    const w = new Float32Array(Uint8Array.from(weight.rawData!).buffer)
+    const blocks = k / blockSize
+    const perBlock = (blockSize * bits) / 8
+    const packed = new Uint8Array(n * blocks * perBlock)
+    const scales = new Float32Array(n * blocks)
+    for (let column = 0; column < n; column++) {
+      for (let block = 0; block < blocks; block++) {
+        let max = 0
+        for (let j = 0; j < blockSize; j++) max = Math.max(max, Math.abs(w[(block * blockSize + j) * n + column]!))
+        const scale = max / zero || 1
+        scales[column * blocks + block] = scale
+        for (let j = 0; j < blockSize; j++) {
+          const q = Math.min(2 * zero - 1, Math.max(0, Math.round(w[(block * blockSize + j) * n + column]! / scale) + zero))
+          const bit = j * bits
+          const at = (column * blocks + block) * perBlock + (bit >> 3)
+          packed[at] = packed[at]! | (q << (bit & 7))
+        }
+      }
+    }
+    const name = weight.name!
+    graph.initializer!.push(
+      { name: `${name}.q${bits}`, dims: [n, blocks, perBlock], dataType: onnx.TensorProto.DataType.UINT8, rawData: packed },
+      { name: `${name}.scales`, dims: [n * blocks], dataType: FLOAT, rawData: bytesOf(scales) }
+    )
+    quantized++
+    return {
+      opType: "MatMulNBits", domain: "com.microsoft", name: `${node.name}_Q${bits}`, input: [node.input![0]!, `${name}.q${bits}`, `${name}.scales`], output: node.output,
+      attribute: [int("K", k), int("N", n), int("bits", bits), int("block_size", blockSize)]
+    }
+  })
+  const used = new Set(graph.node.flatMap((node) => node.input!))
+  graph.initializer = graph.initializer!.filter((t) => used.has(t.name!))
+  return { bytes: onnx.ModelProto.encode(model).finish(), quantized }
 }

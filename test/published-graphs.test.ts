@@ -24,10 +24,10 @@ import { publishedGraph } from "../src/model/huggingFace.ts"
 import { readModel } from "../src/model/safetensors.ts"
 import { load as loadTokenizer } from "../src/Tokenizer.ts"
 import { fullForward } from "./reference.ts"
-import { genaiGraph, mergedDecoder, q8Graph, withoutPositionIds } from "./published-fixtures.ts"
+import { genaiGraph, mergedDecoder, nBitsGraph, q8Graph, withoutPositionIds } from "./published-fixtures.ts"
 import { tinyModel } from "./support.ts"
 
-type Dtype = "fp32" | "q8"
+type Dtype = "fp32" | "q8" | "q2"
 
 /** A model directory of the tiny model's config and tokenizer with the given onnx/ files. */
 const directoryWith = async (files: Record<string, Uint8Array>): Promise<string> => {
@@ -210,6 +210,25 @@ describe("transformers.js's q8 file (DynamicQuantizeLinear + MatMulInteger), cho
     await model.release()
     const quantized = await decodesLikeTransformersJs(directory, "q8")
     // Quantization changed the model, so the test sees which file ran.
+    const tokenizer = await loadTokenizer(directory)
+    const prompts = [
+      tokenizer.renderPrompt([{ role: "user", content: "You are at (1, 1). The treasure is at (2, 3)." }]),
+      tokenizer.renderPrompt([{ role: "user", content: "Hi" }]),
+      tokenizer.renderPrompt([{ role: "system", content: "Be brief." }, { role: "user", content: "What is 2 + 3?" }])
+    ]
+    expect(await generateEach(directory, "fp32", prompts, tokenizer.stopTokenIds, MAX_NEW)).not.toEqual(quantized)
+  }, 180_000)
+})
+
+describe("a q2 file (2-bit MatMulNBits), chosen by dtype q2", () => {
+  it("decodes as transformers.js generate() does with dtype q2, batched and one at a time, and differently from fp32", async () => {
+    const source = await tinyModel()
+    const plain = readFileSync(path.join(source, "onnx", "model.onnx"))
+    const q2 = nBitsGraph(plain, 2)
+    expect(q2.quantized).toBeGreaterThan(10)
+    const directory = await directoryWith({ "model.onnx": plain, "model_q2.onnx": q2.bytes })
+    expect(publishedGraph(directory, "q2")).toBe(path.join(directory, "onnx", "model_q2.onnx"))
+    const quantized = await decodesLikeTransformersJs(directory, "q2")
     const tokenizer = await loadTokenizer(directory)
     const prompts = [
       tokenizer.renderPrompt([{ role: "user", content: "You are at (1, 1). The treasure is at (2, 3)." }]),

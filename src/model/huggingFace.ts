@@ -136,7 +136,10 @@ export const graphFor = (directory: string): ResolvedGraph => {
   throw new Error(`${directory} has no onnx/model.onnx and no safetensors weights: is it a model directory?`)
 }
 
-/** transformers.js's `dtype` option and the file suffix it loads (`onnx/model{suffix}.onnx`). */
+/**
+ * transformers.js's `dtype` option and the file suffix it loads (`onnx/model{suffix}.onnx`). Its q1 / q1f16
+ * are left out: onnxruntime-node 1.30's CPU MatMulNBits takes 2, 4 or 8 bits, not 1.
+ */
 export const graphSuffixes = {
   fp32: "",
   fp16: "_fp16",
@@ -145,6 +148,8 @@ export const graphSuffixes = {
   q8: "_quantized",
   q4: "_q4",
   q4f16: "_q4f16",
+  q2: "_q2",
+  q2f16: "_q2f16",
   bnb4: "_bnb4"
 } as const
 
