@@ -5,15 +5,21 @@
  *
  * `pending` resets the environment and renders the prompt; `generating` asks the policy for one assistant
  * turn; `interacting` hands the assistant's text to the environment. `done` is final and its output is the
- * trajectory record. Every way an episode can end lands in `done` with a finish reason: the environment is
+ * trajectory record. The host does what each state names and reports back with an event: RESET_DONE,
+ * GENERATE_DONE or INTERACT_DONE with the result, or FAILED with the error (whose failure it is, the state
+ * says). `generateInput` and `interactInput` give the host what the policy and the environment get. Every way an episode can end lands in `done` with a finish reason: the environment is
  * done, max turns, the token budget, the wall-clock timeout, an environment error, an inference error, or
  * an INTERRUPT event.
  *
- * Pure on purpose: `reset`, `generate` and `interact` are named placeholders that a host provides with
- * `episodeMachine.provide({ actors })`, so this file imports only xstate and opens as it stands in the
- * Stately visualizer. Timings use Date.now() in actions; nothing else here touches the outside world.
+ * Events rather than invoked actors: an invoked promise actor costs a child actor, an AbortController and a
+ * promise per call, about three times what the transition itself costs, on a path taken twice per turn. The
+ * host runs the call in its own fiber instead, and when the machine ends first (timeout, INTERRUPT) the host
+ * sees it done and abandons the call.
+ *
+ * Pure on purpose: this file imports only xstate and opens as it stands in the Stately visualizer. Timings
+ * use Date.now() in actions; nothing else here touches the outside world.
  */
-import { assign, fromPromise, setup } from "xstate"
+import { assign, setup } from "xstate"
 import type { FinishReason, Trajectory, TrajectoryError, Turn } from "../src/Trajectory.ts"
 
 export interface EpisodeLimits {
@@ -95,10 +101,13 @@ export interface EpisodeContext {
   readonly error: TrajectoryError | null
 }
 
-export type EpisodeEvent = { readonly type: "INTERRUPT" }
-
-const notProvided = (name: string) =>
-  fromPromise<never, unknown>(() => Promise.reject(new Error(`the episode machine's "${name}" actor was not provided`)))
+export type EpisodeEvent =
+  | { readonly type: "INTERRUPT" }
+  | { readonly type: "RESET_DONE"; readonly output: ResetOutput }
+  | { readonly type: "GENERATE_DONE"; readonly output: GenerateOutput }
+  | { readonly type: "INTERACT_DONE"; readonly output: InteractOutput }
+  /** The call the current state asked for failed: in `pending` or `interacting` the environment's, in `generating` the policy's. */
+  | { readonly type: "FAILED"; readonly error: unknown }
 
 // Tagged errors (Effect's, or `{ _tag, message }`) keep their tag as the type; other errors their name.
 const describeError = (error: unknown): TrajectoryError => {
@@ -121,6 +130,34 @@ const responseBudgetLeft = (context: EpisodeContext) => context.input.limits.max
 
 const assistantTurns = (context: EpisodeContext) => context.turns.filter((turn) => turn.role === "assistant")
 
+const assistantTurnCount = (context: EpisodeContext) => {
+  let count = 0
+  for (const turn of context.turns) if (turn.role === "assistant") count++
+  return count
+}
+
+/** What the policy gets in `generating`: the context so far and what the limits leave for this turn. */
+export const generateInput = (context: EpisodeContext): GenerateInput => ({
+  episodeId: context.input.id,
+  turn: assistantTurnCount(context),
+  contextIds: context.promptIds.concat(context.responseIds),
+  maxNewTokens: Math.min(context.input.limits.maxNewTokens, responseBudgetLeft(context))
+})
+
+/** What the environment gets in `interacting`, entered right after an assistant turn: it is the last turn. */
+export const interactInput = (context: EpisodeContext): InteractInput => {
+  const turn = context.turns.at(-1)!
+  return {
+    turn: assistantTurnCount(context) - 1,
+    action: turn.text,
+    assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd),
+    contextIds: context.promptIds.concat(context.responseIds)
+  }
+}
+
+// concat and fill rather than spread and map: these arrays grow by a turn's tokens twice per turn.
+const filled = <A>(length: number, value: A): Array<A> => new Array<A>(length).fill(value)
+
 export const episodeMachine = setup({
   types: {
     context: {} as EpisodeContext,
@@ -128,16 +165,11 @@ export const episodeMachine = setup({
     events: {} as EpisodeEvent,
     output: {} as Trajectory
   },
-  actors: {
-    reset: notProvided("reset") as unknown as ReturnType<typeof fromPromise<ResetOutput, EpisodeInput>>,
-    generate: notProvided("generate") as unknown as ReturnType<typeof fromPromise<GenerateOutput, GenerateInput>>,
-    interact: notProvided("interact") as unknown as ReturnType<typeof fromPromise<InteractOutput, InteractInput>>
-  },
   delays: {
     episodeTimeout: ({ context }) => context.input.limits.timeoutMs
   },
   guards: {
-    turnsExhausted: ({ context }) => assistantTurns(context).length >= context.input.limits.maxTurns,
+    turnsExhausted: ({ context }) => assistantTurnCount(context) >= context.input.limits.maxTurns,
     tokensExhausted: ({ context }) => responseBudgetLeft(context) <= 0
   },
   actions: {
@@ -150,9 +182,9 @@ export const episodeMachine = setup({
     })),
     recordAssistantTurn: assign(({ context }, output: GenerateOutput) => ({
       messages: [...context.messages, { role: "assistant" as const, content: output.text }],
-      responseIds: [...context.responseIds, ...output.tokenIds],
-      responseMask: [...context.responseMask, ...output.tokenIds.map(() => 1 as const)],
-      responseLogprobs: [...context.responseLogprobs, ...output.logprobs],
+      responseIds: context.responseIds.concat(output.tokenIds),
+      responseMask: context.responseMask.concat(filled(output.tokenIds.length, 1 as const)),
+      responseLogprobs: context.responseLogprobs.concat(output.logprobs),
       turns: [...context.turns, {
         role: "assistant" as const,
         text: output.text,
@@ -161,7 +193,7 @@ export const episodeMachine = setup({
         reward: 0,
         policyVersion: output.policyVersion,
         // Weights swapped mid-turn: the record says which version produced each token.
-        ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : {}),
+        ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : undefined),
         timings: timings(context)
       }],
       segmentStartedAt: Date.now()
@@ -178,9 +210,9 @@ export const episodeMachine = setup({
       const ids = params.appendTokens ? params.output.observationIds : []
       return {
         messages: [...context.messages, { role: params.output.role, content: params.output.observation }],
-        responseIds: [...context.responseIds, ...ids],
-        responseMask: [...context.responseMask, ...ids.map(() => 0 as const)],
-        responseLogprobs: [...context.responseLogprobs, ...ids.map(() => 0)],
+        responseIds: context.responseIds.concat(ids),
+        responseMask: context.responseMask.concat(filled(ids.length, 0 as const)),
+        responseLogprobs: context.responseLogprobs.concat(filled(ids.length, 0)),
         turns: [...context.turns, {
           role: params.output.role,
           text: params.output.observation,
@@ -232,11 +264,9 @@ export const episodeMachine = setup({
       },
       states: {
         pending: {
-          invoke: {
-            src: "reset",
-            input: ({ context }) => context.input,
-            onDone: { target: "generating", actions: { type: "recordPrompt", params: ({ event }) => event.output } },
-            onError: {
+          on: {
+            RESET_DONE: { target: "generating", actions: { type: "recordPrompt", params: ({ event }) => event.output } },
+            FAILED: {
               target: "#episode.done",
               actions: [
                 { type: "finish", params: { reason: "env_error" } },
@@ -250,15 +280,8 @@ export const episodeMachine = setup({
             { guard: "turnsExhausted", target: "#episode.done", actions: { type: "finish", params: { reason: "max_turns" } } },
             { guard: "tokensExhausted", target: "#episode.done", actions: { type: "finish", params: { reason: "max_tokens" } } }
           ],
-          invoke: {
-            src: "generate",
-            input: ({ context }) => ({
-              episodeId: context.input.id,
-              turn: assistantTurns(context).length,
-              contextIds: [...context.promptIds, ...context.responseIds],
-              maxNewTokens: Math.min(context.input.limits.maxNewTokens, responseBudgetLeft(context))
-            }),
-            onDone: [
+          on: {
+            GENERATE_DONE: [
               {
                 // verl's rule: a turn that used up the response budget ends the episode before the environment sees it.
                 guard: ({ context, event }) => responseBudgetLeft(context) - event.output.tokenIds.length <= 0,
@@ -270,7 +293,7 @@ export const episodeMachine = setup({
               },
               { target: "interacting", actions: { type: "recordAssistantTurn", params: ({ event }) => event.output } }
             ],
-            onError: {
+            FAILED: {
               target: "#episode.done",
               actions: [
                 { type: "finish", params: { reason: "inference_error" } },
@@ -280,19 +303,8 @@ export const episodeMachine = setup({
           }
         },
         interacting: {
-          invoke: {
-            src: "interact",
-            input: ({ context }) => {
-              // Entered right after an assistant turn: it is the last turn.
-              const turn = context.turns.at(-1)!
-              return {
-                turn: assistantTurns(context).length - 1,
-                action: turn.text,
-                assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd),
-                contextIds: [...context.promptIds, ...context.responseIds]
-              }
-            },
-            onDone: [
+          on: {
+            INTERACT_DONE: [
               {
                 guard: ({ event }) => event.output.done,
                 target: "#episode.done",
@@ -329,7 +341,7 @@ export const episodeMachine = setup({
                 ]
               }
             ],
-            onError: {
+            FAILED: {
               target: "#episode.done",
               actions: [
                 { type: "finish", params: { reason: "env_error" } },

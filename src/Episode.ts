@@ -1,19 +1,23 @@
 /**
  * The episode supervisor: runs one episode machine under an Effect fiber (the XState <-> Effect bridge).
  *
- * The machine's actor is a scoped resource owned by the fiber. Its `reset`, `generate` and `interact`
- * actors are provided here as promises that run Effects through a FiberSet runtime, passing XState's abort
- * signal: leaving a state (timeout, INTERRUPT) aborts the call in flight, and interrupting the fiber stops
- * the actor, which aborts whatever it was doing. Whatever an environment or the policy does, `run` succeeds
- * with exactly one trajectory; the environment is closed exactly once.
+ * The machine's actor is a scoped resource owned by the fiber. The fiber is the machine's host: it looks at
+ * the state, does what it names (reset the environment, generate a turn, step the environment) as an Effect
+ * in this same fiber, and sends the result back as the next event. When the machine ends on its own
+ * (timeout, INTERRUPT) the call in flight is interrupted, which aborts it through its signal; interrupting
+ * the fiber stops the actor. Whatever an environment or the policy does, `run` succeeds with exactly one
+ * trajectory; the environment is closed exactly once.
  */
-import { Deferred, Effect, FiberSet } from "effect"
-import { createActor, fromPromise, type InspectionEvent } from "xstate"
+import { Cause, Deferred, Effect } from "effect"
+import { createActor, type InspectionEvent, type SnapshotFrom } from "xstate"
 import {
-  episodeMachine,
+  type EpisodeEvent,
   type EpisodeInput,
+  episodeMachine,
+  generateInput,
   type GenerateInput,
   type GenerateOutput,
+  interactInput,
   type InteractInput,
   type InteractOutput,
   type ResetOutput
@@ -66,24 +70,27 @@ const firstTurn = (
 export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
   const inference = yield* Inference
   const tokenizer = yield* Tokenizer
-  const runPromise = yield* FiberSet.makeRuntimePromise()
   let environment: EnvironmentActor.EnvironmentActor | undefined
 
-  // Registered first so they run last, after the actor has stopped and aborted whatever was in flight.
+  // Registered first so they run last, after the actor has stopped and the call in flight was interrupted.
   yield* Effect.addFinalizer(() => inference.release?.(spec.input.id) ?? Effect.void)
   yield* Effect.addFinalizer(() => environment?.close ?? Effect.void)
 
-  const reset = (input: EpisodeInput) =>
-    Effect.gen(function*() {
-      environment = yield* EnvironmentActor.make(input.interaction, spec.makeEnvironment, spec.envCallTimeoutMs)
-      const result = yield* environment.reset({ seed: input.seed, row: spec.row })
-      const messages = yield* firstTurn(spec.row, result)
-      const promptIds = yield* Effect.try({
-        try: () => tokenizer.renderPrompt(messages),
-        catch: (cause) => new EnvironmentError({ message: `could not render the prompt: ${errorMessage(cause)}` })
-      })
-      return { messages, promptIds } satisfies ResetOutput
+  const reset = Effect.gen(function*() {
+    environment = yield* EnvironmentActor.make(spec.input.interaction, spec.makeEnvironment, spec.envCallTimeoutMs)
+    const result = yield* environment.reset({ seed: spec.input.seed, row: spec.row })
+    const messages = yield* firstTurn(spec.row, result)
+    const promptIds = yield* Effect.try({
+      try: () => tokenizer.renderPrompt(messages),
+      catch: (cause) => new EnvironmentError({ message: `could not render the prompt: ${errorMessage(cause)}` })
     })
+    return { type: "RESET_DONE", output: { messages, promptIds } satisfies ResetOutput } as const
+  })
+
+  // The turn's budget is almost always the same: one SamplingParams per budget, not one per turn.
+  let sampling = spec.sampling
+  const samplingFor = (maxNewTokens: number) =>
+    sampling.maxNewTokens === maxNewTokens ? sampling : (sampling = new SamplingParams({ ...spec.sampling, maxNewTokens }))
 
   const generate = (input: GenerateInput) =>
     Effect.gen(function*() {
@@ -91,7 +98,7 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
         episodeId: input.episodeId,
         turn: input.turn,
         contextIds: input.contextIds,
-        sampling: new SamplingParams({ ...spec.sampling, maxNewTokens: input.maxNewTokens }),
+        sampling: samplingFor(input.maxNewTokens),
         stopTokenIds: tokenizer.stopTokenIds,
         seed: deriveSeed(spec.input.seed, spec.sample, input.turn)
       })
@@ -106,13 +113,14 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
           message: `inference returned ${result.tokenIds.length} tokens, more than the ${input.maxNewTokens} asked for`
         })
       }
-      return {
+      const output: GenerateOutput = {
         tokenIds: result.tokenIds,
         logprobs: result.logprobs,
         text: tokenizer.decode(result.tokenIds),
         policyVersion: result.policyVersion,
         ...(result.policyVersions === undefined ? {} : { policyVersions: result.policyVersions })
-      } satisfies GenerateOutput
+      }
+      return { type: "GENERATE_DONE", output } as const
     })
 
   const interact = (input: InteractInput) =>
@@ -125,26 +133,33 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
           try: () => tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds),
           catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${errorMessage(cause)}` })
         })
-      return {
+      const output: InteractOutput = {
         observation: result.observation,
         role,
         reward: result.reward,
         done: result.done,
         observationIds,
         ...(result.info !== undefined ? { info: result.info } : {})
-      } satisfies InteractOutput
+      }
+      return { type: "INTERACT_DONE", output } as const
     })
 
-  const machine = episodeMachine.provide({
-    actors: {
-      reset: fromPromise<ResetOutput, EpisodeInput>(({ input, signal }) => runPromise(reset(input), { signal })),
-      generate: fromPromise<GenerateOutput, GenerateInput>(({ input, signal }) => runPromise(generate(input), { signal })),
-      interact: fromPromise<InteractOutput, InteractInput>(({ input, signal }) => runPromise(interact(input), { signal }))
-    }
-  })
+  /** What the state asks the host to do, as the event that reports it done; undefined once the machine is done. */
+  const work = (snapshot: SnapshotFrom<typeof episodeMachine>): Effect.Effect<EpisodeEvent> | undefined => {
+    if (snapshot.status !== "active") return undefined
+    const state = (snapshot.value as { readonly running: "pending" | "generating" | "interacting" }).running
+    const call: Effect.Effect<EpisodeEvent, unknown> = state === "pending"
+      ? reset
+      : state === "generating"
+      ? generate(generateInput(snapshot.context))
+      : interact(interactInput(snapshot.context))
+    // A failure (or a defect) is the machine's to record; an interruption is the machine ending first.
+    return Effect.catchCause(call, (cause) =>
+      Cause.hasInterruptsOnly(cause) ? Effect.failCause(cause as Cause.Cause<never>) : Effect.succeed({ type: "FAILED", error: Cause.squash(cause) } as const))
+  }
 
   const actor = yield* Effect.acquireRelease(
-    Effect.sync(() => createActor(machine, { input: spec.input, inspect: spec.inspect }).start()),
+    Effect.sync(() => createActor(episodeMachine, { input: spec.input, inspect: spec.inspect }).start()),
     (actor) => Effect.sync(() => actor.stop())
   )
 
@@ -154,13 +169,20 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
     )
   }
 
-  return yield* Effect.callback<Trajectory>((resume) => {
-    const finish = () => resume(Effect.succeed(actor.getSnapshot().output!))
-    if (actor.getSnapshot().status === "done") return finish()
+  // The host's loop: each event moves the machine synchronously, so the next snapshot says what comes next.
+  const host = Effect.gen(function*() {
+    for (let next = work(actor.getSnapshot()); next !== undefined; next = work(actor.getSnapshot())) {
+      actor.send(yield* next)
+    }
+  })
+  const ended = Effect.callback<void>((resume) => {
+    if (actor.getSnapshot().status === "done") return resume(Effect.void)
     const subscription = actor.subscribe({
-      complete: finish,
+      complete: () => resume(Effect.void),
       error: (error) => resume(Effect.die(error))
     })
     return Effect.sync(() => subscription.unsubscribe())
   })
+  yield* Effect.raceFirst(host, ended)
+  return actor.getSnapshot().output as Trajectory
 }, Effect.scoped)

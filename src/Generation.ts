@@ -4,6 +4,7 @@
  * policy version that produced them). The actor knows nothing of text; tokenization lives in Tokenizer.
  */
 import { Schema } from "effect"
+import { FiniteArray, IntArray } from "./TokenArrays.ts"
 
 export class SamplingParams extends Schema.Class<SamplingParams>("episodic/SamplingParams")({
   /** 0 means greedy (argmax). */
@@ -30,23 +31,23 @@ export class GenerationRequest extends Schema.Class<GenerationRequest>("episodic
   /** 0-based assistant turn within the episode. */
   turn: Schema.Int,
   /** The whole context the policy conditions on: prompt ids then every response id so far. */
-  contextIds: Schema.Array(Schema.Int),
+  contextIds: IntArray,
   sampling: SamplingParams,
   /** Token ids that end the turn (the template's end-of-turn and eos tokens). */
-  stopTokenIds: Schema.Array(Schema.Int),
+  stopTokenIds: IntArray,
   /** Sampling seed for this (episode, turn), so a run can be reproduced. */
   seed: Schema.Int
 }) {}
 
 export class GenerationResult extends Schema.Class<GenerationResult>("episodic/GenerationResult")({
-  tokenIds: Schema.Array(Schema.Int),
+  tokenIds: IntArray,
   /** Log-probability of each sampled token under the distribution it was sampled from. */
-  logprobs: Schema.Array(Schema.Finite),
+  logprobs: FiniteArray,
   finishReason: GenerationFinishReason,
   /** The version of the weights that produced the first token (the oldest: versions only grow within a turn). */
   policyVersion: Schema.Int,
   /** The version whose weights computed each token's logits, when the backend knows (weights can swap mid-turn). */
-  policyVersions: Schema.optionalKey(Schema.Array(Schema.Int))
+  policyVersions: Schema.optionalKey(IntArray)
 }) {}
 
 export class InferenceError extends Schema.TaggedError<InferenceError>()("InferenceError", {

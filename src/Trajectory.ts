@@ -8,6 +8,7 @@
  */
 import { Schema } from "effect"
 import { Message } from "./Message.ts"
+import { FiniteArray, IntArray, MaskArray } from "./TokenArrays.ts"
 
 export const FinishReason = Schema.Literals([
   "done",
@@ -40,7 +41,7 @@ export const Turn = Schema.Struct({
   /** The policy version that generated an assistant turn; null for environment turns. */
   policyVersion: Schema.NullOr(Schema.Int),
   /** Present when new weights arrived mid-turn: the version that produced each of the turn's tokens. */
-  policyVersions: Schema.optionalKey(Schema.Array(Schema.Int)),
+  policyVersions: Schema.optionalKey(IntArray),
   timings: Timing,
   /** What the environment reported with the reward of an assistant turn's action (e.g. success, invalid). */
   info: Schema.optionalKey(Schema.Record(Schema.String, Schema.Unknown))
@@ -56,10 +57,10 @@ export type TrajectoryError = typeof TrajectoryError.Type
  */
 export const Sequence = Schema.Struct({
   messages: Schema.Array(Message),
-  promptIds: Schema.Array(Schema.Int),
-  responseIds: Schema.Array(Schema.Int),
-  responseMask: Schema.Array(Schema.Literals([0, 1])),
-  responseLogprobs: Schema.Array(Schema.Finite),
+  promptIds: IntArray,
+  responseIds: IntArray,
+  responseMask: MaskArray,
+  responseLogprobs: FiniteArray,
   turns: Schema.Array(Turn)
 }).pipe(Schema.encodeKeys({ promptIds: "prompt_ids", responseIds: "response_ids", responseMask: "response_mask", responseLogprobs: "response_logprobs" }))
 export type Sequence = typeof Sequence.Type
@@ -72,15 +73,15 @@ const TrajectoryFields = Schema.Struct({
   interaction: Schema.String,
   /** The conversation as messages: the prompt, then every assistant and environment turn. */
   messages: Schema.Array(Message),
-  promptIds: Schema.Array(Schema.Int),
-  responseIds: Schema.Array(Schema.Int),
-  responseMask: Schema.Array(Schema.Literals([0, 1])),
-  responseLogprobs: Schema.Array(Schema.Finite),
+  promptIds: IntArray,
+  responseIds: IntArray,
+  responseMask: MaskArray,
+  responseLogprobs: FiniteArray,
   turns: Schema.Array(Turn),
   /** Total reward: the sum of turnRewards. */
   reward: Schema.Finite,
   /** The reward paid for each assistant turn. */
-  turnRewards: Schema.Array(Schema.Finite),
+  turnRewards: FiniteArray,
   /** Number of assistant turns. */
   numTurns: Schema.Int,
   finishReason: FinishReason,

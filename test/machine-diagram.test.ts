@@ -43,19 +43,20 @@ describe("the machine diagram", () => {
     expect(labels).toEqual(expect.arrayContaining([
       "running --> done : INTERRUPT / interrupted",
       "running --> done : after(episodeTimeout) / timeout",
-      "pending --> generating : onDone(reset)",
-      "pending --> done : onError(reset) / env_error",
+      "pending --> generating : RESET_DONE",
+      "pending --> done : FAILED / env_error",
       "generating --> done : always [turnsExhausted] / max_turns",
-      "generating --> done : onDone(generate) [inline guard] / max_tokens",
-      "interacting --> done : onDone(interact) [inline guard] / done",
-      "interacting --> generating : onDone(interact)"
+      "generating --> done : GENERATE_DONE [inline guard] / max_tokens",
+      "generating --> done : FAILED / inference_error",
+      "interacting --> done : INTERACT_DONE [inline guard] / done",
+      "interacting --> generating : INTERACT_DONE"
     ]))
   })
 
   it("--check exits 1 on a stale doc and 0 on a current one; without it the script rewrites the doc", () => {
     const stale = path.join(mkdtempSync(path.join(tmpdir(), "episodic-diagram-")), "episode-machine.md")
     copyFileSync(docFile, stale)
-    writeFileSync(stale, readFileSync(stale, "utf8").replace("pending --> generating : onDone(reset)", "pending --> generating : RESET"))
+    writeFileSync(stale, readFileSync(stale, "utf8").replace("pending --> generating : RESET_DONE", "pending --> generating : RESET"))
     const node = (...args: ReadonlyArray<string>) => spawnSync(process.execPath, [script, ...args], { encoding: "utf8" })
 
     const checked = node("--check", stale)
