@@ -375,3 +375,57 @@ export const nBitsGraph = (bytes: Uint8Array, bits: 2 | 4 | 8): { bytes: Uint8Ar
   graph.initializer = graph.initializer!.filter((t) => used.has(t.name!))
   return { bytes: onnx.ModelProto.encode(model).finish(), quantized }
 }
+
+/**
+ * transformers.js's bnb4 file (onnxruntime's MatMulBnb4Quantizer): every MatMul by a 2-D weight becomes a
+ * com.microsoft MatMulBnb4 of NF4 codes, blocks of 64 along the transposed weight with one absmax each, two
+ * codes a byte.
+ */
+export const bnb4Graph = (bytes: Uint8Array): { bytes: Uint8Array; quantized: number } => {
+  const nf4 = [-1, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1]
+  const model = onnx.ModelProto.decode(bytes)
+  const graph = model.graph!
+  publishedOutputs(graph)
+  model.opsetImport!.push({ domain: "com.microsoft", version: 1 })
+  const initializers = new Map(graph.initializer!.map((t) => [t.name!, t]))
+  const blockSize = 64
+  let quantized = 0
+  graph.node = graph.node!.map((node) => {
+    const weight = node.opType === "MatMul" ? initializers.get(node.input![1]!) : undefined
+    if (weight === undefined || weight.dims!.length !== 2) return node
+    const [k, n] = weight.dims!.map(Number) as [number, number]
+    const w = new Float32Array(Uint8Array.from(weight.rawData!).buffer)
+    // [N, K] row-major, as the quantizer transposes the [K, N] initializer.
+    const t = new Float32Array(n * k)
+    for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) t[j * k + i] = w[i * n + j]!
+    const blocks = Math.ceil((n * k) / blockSize)
+    const absmax = new Float32Array(blocks)
+    const packed = new Uint8Array(Math.ceil((n * k) / 2))
+    for (let b = 0; b < blocks; b++) {
+      let max = 0
+      for (let i = b * blockSize; i < Math.min(n * k, (b + 1) * blockSize); i++) max = Math.max(max, Math.abs(t[i]!))
+      absmax[b] = max
+      for (let i = b * blockSize; i < Math.min(n * k, (b + 1) * blockSize); i++) {
+        const x = max === 0 ? 0 : t[i]! / max
+        let best = 0
+        for (let c = 1; c < 16; c++) if (Math.abs(nf4[c]! - x) < Math.abs(nf4[best]! - x)) best = c
+        // The first of two codes in a byte's high bits.
+        packed[i >> 1] = packed[i >> 1]! | (i % 2 === 0 ? best << 4 : best)
+      }
+    }
+    const name = weight.name!
+    graph.initializer!.push(
+      { name: `${name}.bnb4`, dims: [packed.length], dataType: onnx.TensorProto.DataType.UINT8, rawData: packed },
+      { name: `${name}.absmax`, dims: [blocks], dataType: FLOAT, rawData: bytesOf(absmax) }
+    )
+    quantized++
+    return {
+      opType: "MatMulBnb4", domain: "com.microsoft", name: `${node.name}_Bnb4`, input: [node.input![0]!, `${name}.bnb4`, `${name}.absmax`], output: node.output,
+      attribute: [int("K", k), int("N", n), int("block_size", blockSize), int("quant_type", 1)]
+    }
+  })
+  const used = new Set(graph.node.flatMap((node) => node.input!))
+  graph.initializer = graph.initializer!.filter((t) => used.has(t.name!))
+  return { bytes: onnx.ModelProto.encode(model).finish(), quantized }
+}

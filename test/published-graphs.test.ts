@@ -24,10 +24,10 @@ import { publishedGraph } from "../src/model/huggingFace.ts"
 import { readModel } from "../src/model/safetensors.ts"
 import { load as loadTokenizer } from "../src/Tokenizer.ts"
 import { fullForward } from "./reference.ts"
-import { genaiGraph, mergedDecoder, nBitsGraph, q8Graph, withoutPositionIds } from "./published-fixtures.ts"
+import { bnb4Graph, genaiGraph, mergedDecoder, nBitsGraph, q8Graph, withoutPositionIds } from "./published-fixtures.ts"
 import { tinyModel } from "./support.ts"
 
-type Dtype = "fp32" | "q8" | "q2"
+type Dtype = "fp32" | "q8" | "q2" | "bnb4"
 
 /** A model directory of the tiny model's config and tokenizer with the given onnx/ files. */
 const directoryWith = async (files: Record<string, Uint8Array>): Promise<string> => {
@@ -220,15 +220,18 @@ describe("transformers.js's q8 file (DynamicQuantizeLinear + MatMulInteger), cho
   }, 180_000)
 })
 
-describe("a q2 file (2-bit MatMulNBits), chosen by dtype q2", () => {
-  it("decodes as transformers.js generate() does with dtype q2, batched and one at a time, and differently from fp32", async () => {
+describe.each([
+  { dtype: "q2" as const, file: "model_q2.onnx", title: "a q2 file (2-bit MatMulNBits)", make: (plain: Uint8Array) => nBitsGraph(plain, 2) },
+  { dtype: "bnb4" as const, file: "model_bnb4.onnx", title: "a bnb4 file (MatMulBnb4, NF4)", make: bnb4Graph }
+])("$title, chosen by dtype $dtype", ({ dtype, file, make }) => {
+  it("decodes as transformers.js generate() does with the same dtype, batched and one at a time, and differently from fp32", async () => {
     const source = await tinyModel()
     const plain = readFileSync(path.join(source, "onnx", "model.onnx"))
-    const q2 = nBitsGraph(plain, 2)
-    expect(q2.quantized).toBeGreaterThan(10)
-    const directory = await directoryWith({ "model.onnx": plain, "model_q2.onnx": q2.bytes })
-    expect(publishedGraph(directory, "q2")).toBe(path.join(directory, "onnx", "model_q2.onnx"))
-    const quantized = await decodesLikeTransformersJs(directory, "q2")
+    const made = make(plain)
+    expect(made.quantized).toBeGreaterThan(10)
+    const directory = await directoryWith({ "model.onnx": plain, [file]: made.bytes })
+    expect(publishedGraph(directory, dtype)).toBe(path.join(directory, "onnx", file))
+    const quantized = await decodesLikeTransformersJs(directory, dtype)
     const tokenizer = await loadTokenizer(directory)
     const prompts = [
       tokenizer.renderPrompt([{ role: "user", content: "You are at (1, 1). The treasure is at (2, 3)." }]),
