@@ -18,6 +18,7 @@
  * - `nBitsGraph`: transformers.js's / onnxruntime-genai's q4 and q2 files: every MatMul by a weight becomes a
  *   com.microsoft MatMulNBits (symmetric, zero point 2^(bits-1), blocks of 32, one float scale per column and
  *   block, the first element in a byte's low bits).
+ * - `bnb4Graph`: transformers.js's bnb4 file: MatMulBnb4 (NF4 codes of the transposed weight, blocks of 64).
  * - `withoutPositionIds`: a graph with no position_ids input that derives positions from attention_mask as
  *   transformers does (cumsum - 1, the last sequence-length columns), or from the layout (column indexes).
  */
