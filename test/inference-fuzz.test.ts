@@ -74,6 +74,26 @@ describe("the inference scheduler's right-padded layout (GroupQueryAttention gra
     expect(tokens).toBeGreaterThan(3_000)
   }, 60_000)
 
+  it("runs rows one forward pass each (the q8 path), cut to their real positions, in both layouts (probe model, 3 + 3 seeds)", async () => {
+    let tokens = 0
+    for (const layout of ["left", "right"] as const) {
+      const bench = await probeBench(layout, true)
+      try {
+        for (let seed = 7; seed <= 9; seed++) {
+          const report = await runCase(bench, seed, { hangAfterMs: 30_000 })
+          expect(report.layout).toBe(layout)
+          expect(report.rowsAlone).toBe("asked")
+          expect(report.failures.slice(0, 5)).toEqual([])
+          expect(report.settled).toBe(report.requests)
+          tokens += report.tokensChecked
+        }
+      } finally {
+        await bench.close()
+      }
+    }
+    expect(tokens).toBeGreaterThan(1_000)
+  }, 60_000)
+
   it("records what a full forward pass gives on a GroupQueryAttention graph, under the version that produced each token (4 seeds)", async () => {
     let tokens = 0
     let swapped = 0

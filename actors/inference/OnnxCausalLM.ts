@@ -32,6 +32,9 @@ export interface ModelShape {
  */
 export type CacheLayout = "left" | "right"
 
+/** Why a graph's rows run one forward pass each (see OnnxCausalLM.rowsAlone); "asked": the load option. */
+export type RowsAlone = "quantized activations" | "positions from the layout" | "asked"
+
 export interface ForwardInputs {
   readonly batch: number
   readonly sequenceLength: number
@@ -208,10 +211,10 @@ export class OnnxCausalLM {
    * - "positions from the layout": the graph has no position_ids input and does not derive positions from
    *   attention_mask (a gap in a row moves its later positions), so padding would shift them.
    */
-  get rowsAlone(): "quantized activations" | "positions from the layout" | undefined {
+  get rowsAlone(): RowsAlone | undefined {
     return this.#rowsAlone
   }
-  #rowsAlone: "quantized activations" | "positions from the layout" | undefined
+  #rowsAlone: RowsAlone | undefined
   #session: ort.InferenceSession
   readonly #threads: number | undefined
   readonly #hasPositionIds: boolean
@@ -280,6 +283,8 @@ export class OnnxCausalLM {
        * new_key_values outputs runs either way; a GroupQueryAttention graph runs only "right").
        */
       readonly layout?: CacheLayout
+      /** Runs each row alone whatever the graph (tests: the row-by-row path on a graph that would batch). */
+      readonly rowsAlone?: boolean
     } = {}
   ): Promise<OnnxCausalLM> {
     const absolute = path.resolve(directory)
@@ -303,6 +308,7 @@ export class OnnxCausalLM {
       throw new ModelLoadError(`${file}: a GroupQueryAttention graph needs right padding (each row's cache a left-aligned prefix); it cannot run left-padded`)
     }
     const model = new OnnxCausalLM(absolute, shape, created, options.threads, layout, positionLimit, rowsCoupled)
+    if (options.rowsAlone === true) model.#rowsAlone ??= "asked"
     if (model.#rowsAlone === undefined && !model.#hasPositionIds && layout === "left" && !(await model.#positionsFromMask())) {
       model.#rowsAlone = "positions from the layout"
     }

@@ -41,6 +41,8 @@ export interface FuzzBench {
   readonly decode: ((ids: ReadonlyArray<number>) => string) | undefined
   /** The scheduler's layout, when not the graph's own (the probe runs either way). */
   readonly layout?: CacheLayout
+  /** Runs each row as its own forward pass (the path q8 graphs take), whatever the graph. */
+  readonly rowsAlone?: boolean
   close(): Promise<void>
 }
 
@@ -74,7 +76,7 @@ export const realBench = async (modelDirectory: string, graph: "episodic" | "gqa
 }
 
 /** The probe bench: see probeGraph.ts. */
-export const probeBench = async (layout?: CacheLayout): Promise<FuzzBench> => {
+export const probeBench = async (layout?: CacheLayout, rowsAlone = false): Promise<FuzzBench> => {
   const directory = path.join(tmpdir(), `episodic-fuzz-probe-${process.pid}-${Date.now()}`)
   mkdirSync(path.join(directory, "onnx"), { recursive: true })
   writeFileSync(path.join(directory, "config.json"), JSON.stringify(probeConfig(probeShape)))
@@ -87,6 +89,7 @@ export const probeBench = async (layout?: CacheLayout): Promise<FuzzBench> => {
   return {
     kind: "probe", directory, variants, vocab: probeVocab(probeShape), maxPositions: probeShape.positions, decode: undefined,
     ...(layout === undefined ? {} : { layout }),
+    ...(rowsAlone ? { rowsAlone } : {}),
     close: async () => void (await Promise.all(variants.map((v) => v.reference.release())))
   }
 }
@@ -94,8 +97,9 @@ export const probeBench = async (layout?: CacheLayout): Promise<FuzzBench> => {
 export interface FuzzReport {
   readonly seed: number
   readonly model: FuzzModel
-  /** The layout the scheduler ran. */
+  /** The layout the scheduler ran, and why rows ran one forward pass each, if they did. */
   readonly layout: CacheLayout
+  readonly rowsAlone: string | undefined
   readonly maxBatchSize: number
   readonly requests: number
   readonly settled: number
@@ -141,7 +145,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
   const stopTokens = Array.from({ length: pick([0, 1, 3]) }, () => below(bench.vocab))
   const stopStrings = bench.decode === undefined ? [] : pick([[], [], ["e"], ["the", "\n"], ["at"]])
 
-  const model = await OnnxCausalLM.load(bench.directory, { file: bench.variants[0]!.file, threads: 1, ...(bench.layout === undefined ? {} : { layout: bench.layout }) })
+  const model = await OnnxCausalLM.load(bench.directory, { file: bench.variants[0]!.file, threads: 1, ...(bench.layout === undefined ? {} : { layout: bench.layout }), ...(bench.rowsAlone === true ? { rowsAlone: true } : {}) })
   const current = new Map<string, Turn>()
   let clock = 0
   const events: Array<{ at: number; fire: () => void }> = []
@@ -274,6 +278,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
   if (scheduler.inFlight > 0 && !hung) failures.push(`seed ${seed}: the scheduler still holds ${scheduler.inFlight} request(s) after all settled`)
   const stats = { ...scheduler.stats }
   const layout = model.layout
+  const rowsAlone = model.rowsAlone
   await scheduler.close()
   await model.release()
 
@@ -344,7 +349,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
     }
   }
   return {
-    seed, model: bench.kind, layout, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
+    seed, model: bench.kind, layout, rowsAlone, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
     tokensChecked, ambiguousTokens: ambiguous, worstLogprobDifference: worstLogprob, worstLogitDifference: worstLogit, swaps, cancels,
     evictions: stats.evictions ?? 0, recomputedTokens: stats.recomputedTokens ?? 0, finishReasons, failures
   }
