@@ -198,30 +198,30 @@ export const episodeMachine = setup({
       }],
       segmentStartedAt: Date.now()
     })),
-    // The reward is credited to the assistant turn whose action earned it.
-    recordReward: assign(({ context }, output: InteractOutput) => ({
-      turns: [
-        ...context.turns.slice(0, -1),
-        { ...context.turns.at(-1)!, reward: output.reward, ...(output.info !== undefined ? { info: output.info } : {}) }
-      ]
-    })),
-    // The observation joins the context (mask 0, logprob 0) only when the policy will read it.
-    recordObservation: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
-      const ids = params.appendTokens ? params.output.observationIds : []
+    // One action, so one copy of the context per step. The reward is credited to the assistant turn whose
+    // action earned it; the observation joins the context (mask 0, logprob 0) only when the policy will read it.
+    recordStep: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
+      const { output } = params
+      const ids = params.appendTokens ? output.observationIds : []
+      const assistant = context.turns.at(-1)!
       return {
-        messages: [...context.messages, { role: params.output.role, content: params.output.observation }],
+        messages: [...context.messages, { role: output.role, content: output.observation }],
         responseIds: context.responseIds.concat(ids),
         responseMask: context.responseMask.concat(filled(ids.length, 0 as const)),
         responseLogprobs: context.responseLogprobs.concat(filled(ids.length, 0)),
-        turns: [...context.turns, {
-          role: params.output.role,
-          text: params.output.observation,
-          tokenStart: context.responseIds.length,
-          tokenEnd: context.responseIds.length + ids.length,
-          reward: 0,
-          policyVersion: null,
-          timings: timings(context)
-        }],
+        turns: [
+          ...context.turns.slice(0, -1),
+          { ...assistant, reward: output.reward, ...(output.info !== undefined ? { info: output.info } : {}) },
+          {
+            role: output.role,
+            text: output.observation,
+            tokenStart: context.responseIds.length,
+            tokenEnd: context.responseIds.length + ids.length,
+            reward: 0,
+            policyVersion: null,
+            timings: timings(context)
+          }
+        ],
         segmentStartedAt: Date.now()
       }
     })
@@ -309,8 +309,7 @@ export const episodeMachine = setup({
                 guard: ({ event }) => event.output.done,
                 target: "#episode.done",
                 actions: [
-                  { type: "recordReward", params: ({ event }) => event.output },
-                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "recordStep", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
                   { type: "finish", params: { reason: "done" } }
                 ]
               },
@@ -318,8 +317,7 @@ export const episodeMachine = setup({
                 guard: "turnsExhausted",
                 target: "#episode.done",
                 actions: [
-                  { type: "recordReward", params: ({ event }) => event.output },
-                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "recordStep", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
                   { type: "finish", params: { reason: "max_turns" } }
                 ]
               },
@@ -328,16 +326,14 @@ export const episodeMachine = setup({
                 guard: ({ context, event }) => responseBudgetLeft(context) - event.output.observationIds.length <= 0,
                 target: "#episode.done",
                 actions: [
-                  { type: "recordReward", params: ({ event }) => event.output },
-                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
+                  { type: "recordStep", params: ({ event }) => ({ output: event.output, appendTokens: false }) },
                   { type: "finish", params: { reason: "max_tokens" } }
                 ]
               },
               {
                 target: "generating",
                 actions: [
-                  { type: "recordReward", params: ({ event }) => event.output },
-                  { type: "recordObservation", params: ({ event }) => ({ output: event.output, appendTokens: true }) }
+                  { type: "recordStep", params: ({ event }) => ({ output: event.output, appendTokens: true }) }
                 ]
               }
             ],
