@@ -19,6 +19,9 @@ import { lineChart } from "../src/plots.ts"
 
 const root = path.resolve(import.meta.dirname, "..")
 
+/** About an hour: `npm run bench` alone skips it; `npm run bench -- learning` runs it. */
+export const long = true
+
 interface Learner {
   readonly name: string
   readonly file: string

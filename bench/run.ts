@@ -1,6 +1,7 @@
 /**
  * `npm run bench` runs every benchmark; `npm run bench -- NAME` runs one. Each benchmark module in this
- * folder default-exports an async function that prints a table and, last, one JSON line of its figures.
+ * folder default-exports an async function that prints a table and, last, one JSON line of its figures; one
+ * that exports `long = true` (hours of training runs) runs only when named.
  */
 import { readdirSync } from "node:fs"
 import { fileURLToPath } from "node:url"
@@ -20,7 +21,12 @@ for (const name of wanted) {
   }
 }
 for (const name of wanted.length > 0 ? wanted : available) {
-  console.log(`\n## bench: ${name}`)
   const module = await import(path.join(here, `${name}.ts`))
+  // A module that says it takes long (an hour of training runs) runs only when named.
+  if (wanted.length === 0 && module.long === true) {
+    console.log(`\n## bench: ${name} (long: run it by name, \`npm run bench -- ${name}\`)`)
+    continue
+  }
+  console.log(`\n## bench: ${name}`)
   await module.default()
 }
