@@ -151,12 +151,28 @@ export const interactInput = (context: EpisodeContext): InteractInput => {
     turn: assistantTurnCount(context) - 1,
     action: turn.text,
     assistantIds: context.responseIds.slice(turn.tokenStart, turn.tokenEnd),
-    contextIds: context.promptIds.concat(context.responseIds)
+    // Copied only when read: most environments take the text and never look at the context's ids.
+    get contextIds() {
+      return context.promptIds.concat(context.responseIds)
+    }
   }
 }
 
-// concat and fill rather than spread and map: these arrays grow by a turn's tokens twice per turn.
-const filled = <A>(length: number, value: A): Array<A> => new Array<A>(length).fill(value)
+/**
+ * The response's token arrays grow in place, the one exception to a context copied on every change: copied,
+ * each event left three arrays of the whole response behind, and with many episodes interleaved those
+ * outlived the young generation, so the garbage collector paid for them (about 60 µs per turn at
+ * concurrency 64). Nothing is ever removed or changed, so a snapshot's `turns` still say which tokens it
+ * had; every array handed out (`generateInput`, `interactInput`) is a copy.
+ */
+const append = <A>(target: ReadonlyArray<A>, items: ReadonlyArray<A>): ReadonlyArray<A> => {
+  for (const item of items) (target as Array<A>).push(item)
+  return target
+}
+const appendFilled = <A>(target: ReadonlyArray<A>, length: number, value: A): ReadonlyArray<A> => {
+  for (let i = 0; i < length; i++) (target as Array<A>).push(value)
+  return target
+}
 
 export const episodeMachine = setup({
   types: {
@@ -180,48 +196,52 @@ export const episodeMachine = setup({
       promptIds: output.promptIds,
       segmentStartedAt: Date.now()
     })),
-    recordAssistantTurn: assign(({ context }, output: GenerateOutput) => ({
-      messages: [...context.messages, { role: "assistant" as const, content: output.text }],
-      responseIds: context.responseIds.concat(output.tokenIds),
-      responseMask: context.responseMask.concat(filled(output.tokenIds.length, 1 as const)),
-      responseLogprobs: context.responseLogprobs.concat(output.logprobs),
-      turns: [...context.turns, {
-        role: "assistant" as const,
-        text: output.text,
-        tokenStart: context.responseIds.length,
-        tokenEnd: context.responseIds.length + output.tokenIds.length,
-        reward: 0,
-        policyVersion: output.policyVersion,
-        // Weights swapped mid-turn: the record says which version produced each token.
-        ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : undefined),
-        timings: timings(context)
-      }],
-      segmentStartedAt: Date.now()
-    })),
+    recordAssistantTurn: assign(({ context }, output: GenerateOutput) => {
+      const tokenStart = context.responseIds.length
+      return {
+        messages: [...context.messages, { role: "assistant" as const, content: output.text }],
+        turns: [...context.turns, {
+          role: "assistant" as const,
+          text: output.text,
+          tokenStart,
+          tokenEnd: tokenStart + output.tokenIds.length,
+          reward: 0,
+          policyVersion: output.policyVersion,
+          // Weights swapped mid-turn: the record says which version produced each token.
+          ...(output.policyVersions?.some((v) => v !== output.policyVersion) ? { policyVersions: output.policyVersions } : undefined),
+          timings: timings(context)
+        }],
+        responseIds: append(context.responseIds, output.tokenIds),
+        responseMask: appendFilled(context.responseMask, output.tokenIds.length, 1 as const),
+        responseLogprobs: append(context.responseLogprobs, output.logprobs),
+        segmentStartedAt: Date.now()
+      }
+    }),
     // One action, so one copy of the context per step. The reward is credited to the assistant turn whose
     // action earned it; the observation joins the context (mask 0, logprob 0) only when the policy will read it.
     recordStep: assign(({ context }, params: { readonly output: InteractOutput; readonly appendTokens: boolean }) => {
       const { output } = params
       const ids = params.appendTokens ? output.observationIds : []
       const assistant = context.turns.at(-1)!
+      const tokenStart = context.responseIds.length
       return {
         messages: [...context.messages, { role: output.role, content: output.observation }],
-        responseIds: context.responseIds.concat(ids),
-        responseMask: context.responseMask.concat(filled(ids.length, 0 as const)),
-        responseLogprobs: context.responseLogprobs.concat(filled(ids.length, 0)),
         turns: [
           ...context.turns.slice(0, -1),
           { ...assistant, reward: output.reward, ...(output.info !== undefined ? { info: output.info } : {}) },
           {
             role: output.role,
             text: output.observation,
-            tokenStart: context.responseIds.length,
-            tokenEnd: context.responseIds.length + ids.length,
+            tokenStart,
+            tokenEnd: tokenStart + ids.length,
             reward: 0,
             policyVersion: null,
             timings: timings(context)
           }
         ],
+        responseIds: append(context.responseIds, ids),
+        responseMask: appendFilled(context.responseMask, ids.length, 0 as const),
+        responseLogprobs: appendFilled(context.responseLogprobs, ids.length, 0),
         segmentStartedAt: Date.now()
       }
     })

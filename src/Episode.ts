@@ -67,7 +67,8 @@ const firstTurn = (
     : Effect.fail(new EnvironmentError({ message: "no user turn to start from: the row's prompt is empty and reset gave no observation" }))
 }
 
-export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
+// Untraced: a span per episode would cost more than the episode's own machinery.
+export const run = Effect.fnUntraced(function*(spec: EpisodeSpec) {
   const inference = yield* Inference
   const tokenizer = yield* Tokenizer
   let environment: EnvironmentActor.EnvironmentActor | undefined
@@ -125,7 +126,12 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
 
   const interact = (input: InteractInput) =>
     Effect.gen(function*() {
-      const result = yield* environment!.step(input.action, { tokenIds: input.assistantIds, contextIds: input.contextIds })
+      const result = yield* environment!.step(input.action, {
+        tokenIds: input.assistantIds,
+        get contextIds() {
+          return input.contextIds
+        }
+      })
       const role = result.role ?? "user"
       const observationIds = result.done
         ? []
@@ -175,7 +181,13 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
       actor.send(yield* next)
     }
   })
-  const ended = Effect.callback<void>((resume) => {
+  // The host runs in a fiber of its own so that the machine ending first (timeout, INTERRUPT) can leave it:
+  // closing the scope interrupts whatever call it is in.
+  // A defect in the host itself (not in a call, which `work` reports) still ends the episode, as a failure.
+  yield* Effect.forkScoped(host.pipe(Effect.tapCause((cause) =>
+    Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.sync(() => actor.send({ type: "FAILED", error: Cause.squash(cause) }))
+  )))
+  yield* Effect.callback<void>((resume) => {
     if (actor.getSnapshot().status === "done") return resume(Effect.void)
     const subscription = actor.subscribe({
       complete: () => resume(Effect.void),
@@ -183,6 +195,5 @@ export const run = Effect.fn("Episode.run")(function*(spec: EpisodeSpec) {
     })
     return Effect.sync(() => subscription.unsubscribe())
   })
-  yield* Effect.raceFirst(host, ended)
   return actor.getSnapshot().output as Trajectory
 }, Effect.scoped)

@@ -92,7 +92,13 @@ export const make = (
       step: (action, tokens) =>
         call("step", callTimeoutMs, StepResultSchema, (signal) =>
           environment.step(action, {
-            ...tokens,
+            // Getters, not a spread: the context's ids are copied only if the environment reads them.
+            get tokenIds() {
+              return tokens?.tokenIds
+            },
+            get contextIds() {
+              return tokens?.contextIds
+            },
             get signal() {
               return signal()
             }
