@@ -430,3 +430,43 @@ export const bnb4Graph = (bytes: Uint8Array): { bytes: Uint8Array; quantized: nu
   graph.initializer = graph.initializer!.filter((t) => used.has(t.name!))
   return { bytes: onnx.ModelProto.encode(model).finish(), quantized }
 }
+
+/**
+ * The same graph with its weights in an external data file, as exports over 2 GB ship (`model.onnx` +
+ * `model.onnx_data`): every initializer of at least `minBytes` moves to `location`, each at a 4096-aligned
+ * offset as onnx's `convert_model_to_external_data` writes them, the graph keeping only where they are.
+ */
+export const withExternalData = (bytes: Uint8Array, location: string, minBytes = 1024): { graph: Uint8Array; data: Uint8Array; moved: number } => {
+  const model = onnx.ModelProto.decode(bytes)
+  const chunks: Array<Uint8Array> = []
+  let offset = 0
+  let moved = 0
+  const visit = (graph: GraphProto) => {
+    for (const tensor of graph.initializer ?? []) {
+      const raw = tensor.rawData
+      if (raw === undefined || raw === null || raw.length < minBytes) continue
+      const padding = (4096 - (offset % 4096)) % 4096
+      if (padding > 0) chunks.push(new Uint8Array(padding))
+      offset += padding
+      chunks.push(Uint8Array.from(raw))
+      tensor.externalData = [
+        { key: "location", value: location },
+        { key: "offset", value: String(offset) },
+        { key: "length", value: String(raw.length) }
+      ]
+      tensor.dataLocation = onnx.TensorProto.DataLocation.EXTERNAL
+      tensor.rawData = new Uint8Array(0)
+      offset += raw.length
+      moved += 1
+    }
+    for (const node of graph.node ?? []) for (const attribute of node.attribute ?? []) if (attribute.g) visit(attribute.g)
+  }
+  visit(model.graph!)
+  const data = new Uint8Array(offset)
+  let at = 0
+  for (const chunk of chunks) {
+    data.set(chunk, at)
+    at += chunk.length
+  }
+  return { graph: onnx.ModelProto.encode(model).finish(), data, moved }
+}

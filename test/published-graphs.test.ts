@@ -24,7 +24,7 @@ import { publishedGraph } from "../src/model/huggingFace.ts"
 import { readModel } from "../src/model/safetensors.ts"
 import { load as loadTokenizer } from "../src/Tokenizer.ts"
 import { fullForward } from "./reference.ts"
-import { bnb4Graph, genaiGraph, mergedDecoder, nBitsGraph, q8Graph, withoutPositionIds } from "./published-fixtures.ts"
+import { bnb4Graph, genaiGraph, mergedDecoder, nBitsGraph, q8Graph, withExternalData, withoutPositionIds } from "./published-fixtures.ts"
 import { tinyModel } from "./support.ts"
 
 type Dtype = "fp32" | "q8" | "q2" | "bnb4"
@@ -255,5 +255,40 @@ describe("graphs without position_ids", () => {
     expect(model.rowsAlone).toBe(rowsAlone)
     await model.release()
     await decodesLikeTransformersJs(directory, undefined)
+  }, 120_000)
+})
+
+describe("external data files (model.onnx + model.onnx_data, as exports over 2 GB ship)", () => {
+  it.each([
+    { title: "a graph the actor loads from its path (optimum's merged decoder)", make: (bytes: Uint8Array) => mergedDecoder(bytes) },
+    { title: "a graph the actor rewrites and loads from bytes (episodic's own)", make: (bytes: Uint8Array) => bytes }
+  ])("$title decodes exactly as the same graph with its weights inside", async ({ make }) => {
+    const source = await tinyModel()
+    const inside = make(readFileSync(path.join(source, "onnx", "model.onnx")))
+    const { graph, data, moved } = withExternalData(inside, "model.onnx_data")
+    expect(moved).toBeGreaterThan(10)
+    // The weights really are outside: the graph file keeps only where they are.
+    expect(graph.length).toBeLessThan(inside.length / 20)
+    const embedded = await directoryWith({ "model.onnx": inside })
+    const external = await directoryWith({ "model.onnx": graph, "model.onnx_data": data })
+    const tokenizer = await loadTokenizer(embedded)
+    const contexts = [
+      tokenizer.renderPrompt([{ role: "user", content: "You are at (1, 1). The treasure is at (2, 3)." }]),
+      tokenizer.renderPrompt([{ role: "user", content: "Hi" }])
+    ]
+    const sampling = new SamplingParams({ ...SamplingParams.greedy, temperature: 1, maxNewTokens: MAX_NEW })
+    const play = async (directory: string) => {
+      const actor = await InferenceActor.start({ model: directory, threads: 1 })
+      try {
+        return await Promise.all(contexts.map((contextIds, i) =>
+          actor.generate(new GenerationRequest({ episodeId: `e${i}`, turn: 0, contextIds, sampling, stopTokenIds: tokenizer.stopTokenIds, seed: 7 + i }))))
+      } finally {
+        await actor.close()
+      }
+    }
+    const [a, b] = [await play(embedded), await play(external)]
+    expect(b.map((r) => r.tokenIds)).toEqual(a.map((r) => r.tokenIds))
+    expect(b.map((r) => r.logprobs)).toEqual(a.map((r) => r.logprobs))
+    expect(a.flatMap((r) => r.tokenIds).length).toBeGreaterThan(4)
   }, 120_000)
 })

@@ -164,15 +164,24 @@ export const layoutFor = (bytes: Uint8Array): CacheLayout => prepareGraph(bytes)
 const createSession = async (
   graph: Uint8Array | string,
   provider: ExecutionProvider,
-  threads: number | undefined
+  threads: number | undefined,
+  /** Where the graph's external data files are (`model.onnx_data`): needed when the graph is given as bytes. */
+  folder?: string
 ): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
   const create = (executionProviders: Array<string>) =>
     ort.InferenceSession.create(graph as Uint8Array, {
       graphOptimizationLevel: "all",
       ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
-      // Idle compute threads sleep instead of spinning: between steps the episodes' own work (environments,
-      // tokenization, episode machines) needs the cores.
-      extra: { session: { intra_op: { allow_spinning: "0" } } },
+      extra: {
+        session: {
+          // Idle compute threads sleep instead of spinning: between steps the episodes' own work
+          // (environments, tokenization, episode machines) needs the cores.
+          intra_op: { allow_spinning: "0" },
+          // A graph loaded from bytes (one the actor rewrote) resolves its external data files from here,
+          // not from the working directory.
+          ...(folder === undefined ? {} : { model_external_initializers_file_folder_path: folder })
+        }
+      },
       executionProviders
     })
   if (provider === "cuda") {
@@ -300,8 +309,8 @@ export class OnnxCausalLM {
     if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const bytes = readFileSync(file)
     const { graph, layout: detected, positionLimit, rowsCoupled } = prepareGraph(bytes)
-    // A graph we did not rewrite loads from its path, so external data files (`model.onnx_data`) beside it load too.
-    const created = await createSession(graph === bytes ? file : graph, options.provider ?? "cpu", options.threads)
+    // A graph we did not rewrite loads from its path; a rewritten one from bytes, told where its external data files are.
+    const created = await createSession(graph === bytes ? file : graph, options.provider ?? "cpu", options.threads, path.dirname(path.resolve(file)))
     const layout = options.layout ?? detected
     if (layout === "left" && detected === "right") {
       await created.session.release()
