@@ -19,13 +19,16 @@ const init = Command.make(
       Flag.withDefault("tiny" as Preset)
     ),
     seed: Flag.Int("seed").pipe(Flag.withDescription("Seeds the random weights"), Flag.withDefault(0)),
+    toolCalls: Flag.Boolean("tool-calls").pipe(
+      Flag.withDescription("The tokenizer also learns agents' tool calls (grid-quest's move tool in the Hermes format, docs/agents.md)")
+    ),
     out: Flag.String("out").pipe(Flag.withDescription("The model directory to write (replaced if it exists)"), Flag.optional)
   },
   Effect.fn(function*(flags) {
     const out = Option.getOrElse(flags.out, () => path.join("models", flags.preset))
     const started = performance.now()
     const config = yield* Effect.tryPromise({
-      try: () => initModel(out, { preset: flags.preset, seed: flags.seed }),
+      try: () => initModel(out, { preset: flags.preset, seed: flags.seed, toolCalls: flags.toolCalls }),
       catch: (cause) => new ModelConfigError({ message: `cannot make the model at ${path.resolve(out)}: ${errorMessage(cause)}` })
     })
     const parameters = config.vocabSize * config.hiddenSize * 2 + config.numLayers * (
