@@ -60,7 +60,7 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
         case "forget":
           return scheduler.forget(call.episodeId)
         case "stats":
-          return { ...scheduler.stats, running: scheduler.running, queued: scheduler.queued, maxBatchSize: settings.maxBatchSize }
+          return { ...scheduler.statsNow(), running: scheduler.running, queued: scheduler.queued, maxBatchSize: settings.maxBatchSize }
         case "close":
           return close()
       }

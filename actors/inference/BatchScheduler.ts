@@ -88,6 +88,13 @@ export interface SchedulerStats {
   decodeMs: number
   /** Time copying keys and values between episode caches and the batch. */
   copyMs: number
+  /** Time choosing tokens from logits (sampling, or a replayed token's logprob). */
+  sampleMs: number
+  /**
+   * Time with nothing to do: no request held and no step running (the engine had sent nothing). Counted up
+   * to the moment of asking (see `statsNow`).
+   */
+  idleMs: number
   evictions: number
   /** Running rows' tokens run again because new weights arrived mid-turn. */
   recomputedTokens: number
@@ -150,6 +157,30 @@ interface PrefillItem {
   readonly fresh: ReadonlyArray<number>
 }
 
+/** A decode step's inputs and outputs, reused from step to step while the batch keeps its shape. */
+interface DecodeBuffers {
+  readonly batch: number
+  readonly capacity: number
+  readonly inputIds: BigInt64Array
+  readonly positionIds: BigInt64Array
+  /** inputIds and positionIds as 32-bit words, low word first (see int64Words). */
+  readonly inputWords: Int32Array
+  readonly positionWords: Int32Array
+  readonly attentionMask: BigInt64Array
+}
+
+/**
+ * An int64 array's 32-bit words: writing a small non-negative number n as its low word (index 2i + LOW) and
+ * 0 as its high word (2i + HIGH) sets element i to n without making a BigInt.
+ */
+const int64Words = (array: BigInt64Array): Int32Array => new Int32Array(array.buffer, array.byteOffset, array.length * 2)
+const LOW = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1 ? 0 : 1
+const HIGH = 1 - LOW
+
+/** `buffer` when it holds at least `floats` float32s; else a new one with room to grow. */
+const grown = (buffer: ArrayBuffer | undefined, floats: number): ArrayBuffer =>
+  buffer !== undefined && buffer.byteLength >= floats * 4 ? buffer : new ArrayBuffer(Math.ceil(floats * 1.25) * 4)
+
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
   prefix.length <= of.length && prefix.every((token, i) => of[i] === token)
 
@@ -178,6 +209,13 @@ export class BatchScheduler {
   #values: Array<Float32Array> = []
   #length = 0
   #capacity = 0
+  /** The memory of `#keys` and `#values` (per layer keys then values), and the one the next layout goes into. */
+  #layoutBuffer: ArrayBuffer | undefined
+  #spare: ArrayBuffer | undefined
+  /** The memory of a prefill's past, kept between prefills. */
+  #pastScratch: ArrayBuffer | undefined
+  /** The decode step's buffers for the current layout's shape. */
+  #decodeIo: DecodeBuffers | undefined
   /** Decode steps since requests were last admitted. */
   #stepsSinceAdmission = 0
   #loop: Promise<void> | undefined
@@ -185,11 +223,13 @@ export class BatchScheduler {
   /** Tokens each episode's earlier turns put into its context (for counting new tokens). */
   readonly #seen = new Map<string, number>()
   #closed = false
+  /** When the loop last stopped (or the scheduler was made): the start of the idle stretch, if no loop runs. */
+  #idleSince = performance.now()
   #version = 0
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
     requests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
-    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, evictions: 0, recomputedTokens: 0, stalled: 0, failures: 0
+    generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, sampleMs: 0, idleMs: 0, evictions: 0, recomputedTokens: 0, stalled: 0, failures: 0
   }
 
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {
@@ -300,7 +340,13 @@ export class BatchScheduler {
     this.#cache.clear()
   }
 
+  /** The counters, with the idle stretch in progress counted. */
+  statsNow(): SchedulerStats {
+    return { ...this.stats, idleMs: this.stats.idleMs + (this.#loop === undefined ? performance.now() - this.#idleSince : 0) }
+  }
+
   #start(): void {
+    if (this.#loop === undefined) this.stats.idleMs += performance.now() - this.#idleSince
     this.#loop ??= this.#run()
       .catch((cause) => {
         // Whatever failed, no request it held may be left waiting: fail them all and start clean.
@@ -309,6 +355,7 @@ export class BatchScheduler {
       })
       .finally(() => {
         this.#loop = undefined
+        this.#idleSince = performance.now()
         // Requests that arrived while the loop was winding down.
         if (!this.#closed && (this.#waiting.length > 0 || this.#staged !== undefined)) this.#start()
       })
@@ -372,11 +419,33 @@ export class BatchScheduler {
   }
 
   #clearBatch(): void {
+    // Nothing runs: the layout's memory goes back (a batch of other sizes may come next).
+    this.#layoutBuffer = undefined
+    this.#spare = undefined
     this.#slots = []
     this.#keys = []
     this.#values = []
     this.#length = 0
     this.#capacity = 0
+  }
+
+  /**
+   * The decode step's input buffers for a batch of `batch` slots and `capacity` columns, kept
+   * while the layout keeps its shape (a decode step then allocates nothing the size of the batch).
+   */
+  #decodeBuffers(batch: number, capacity: number): DecodeBuffers {
+    const kept = this.#decodeIo
+    if (kept !== undefined && kept.batch === batch && kept.capacity === capacity) return kept
+    const inputIds = new BigInt64Array(batch)
+    const positionIds = new BigInt64Array(batch)
+    const io: DecodeBuffers = {
+      batch, capacity, inputIds, positionIds,
+      inputWords: int64Words(inputIds),
+      positionWords: int64Words(positionIds),
+      attentionMask: new BigInt64Array(batch * (capacity + 1))
+    }
+    this.#decodeIo = io
+    return io
   }
 
   /** The scheduler is alive: requests still queued count that as progress. */
@@ -472,8 +541,15 @@ export class BatchScheduler {
     const pastLength = Math.max(0, ...items.map((item) => item.cached?.tokens.length ?? 0))
     const total = pastLength + newLength
     const copyStarted = performance.now()
-    const pastKeys = Array.from({ length: numLayers }, () => new Float32Array(batch * kvHeads * pastLength * headDim))
-    const pastValues = Array.from({ length: numLayers }, () => new Float32Array(batch * kvHeads * pastLength * headDim))
+    // The past is read only during the forward pass: it lives in scratch buffers kept between prefills,
+    // zeroed where no row's cache lands.
+    const pastSize = batch * kvHeads * pastLength * headDim
+    this.#pastScratch = grown(this.#pastScratch, 2 * numLayers * pastSize)
+    const scratch = this.#pastScratch
+    const pastKeys = Array.from({ length: numLayers }, (_, layer) => new Float32Array(scratch, 2 * layer * pastSize * 4, pastSize))
+    const pastValues = Array.from({ length: numLayers }, (_, layer) => new Float32Array(scratch, (2 * layer + 1) * pastSize * 4, pastSize))
+    // Filled as bytes: a memset, where a Float32Array's fill goes number by number.
+    if (pastSize > 0) new Uint8Array(scratch, 0, 2 * numLayers * pastSize * 4).fill(0)
     const inputIds = new BigInt64Array(batch * newLength)
     const positionIds = new BigInt64Array(batch * newLength)
     const attentionMask = new BigInt64Array(batch * total)
@@ -581,20 +657,34 @@ export class BatchScheduler {
     const column = this.#length
     // The layout keeps a free column for this step; writing past it would corrupt the next head's keys.
     if (column >= capacity) throw new SchedulerError(`the decode batch is full (column ${column} of ${capacity}): a layout bug`)
-    const inputIds = BigInt64Array.from(slots, (row) => BigInt(row?.next ?? 0))
-    const positionIds = BigInt64Array.from(slots, (row) => BigInt(row?.fed.length ?? 0))
+    // The step's inputs live in buffers kept from step to step (the same shapes until the batch is
+    // laid out again): a step allocates nothing the size of the batch.
+    const io = this.#decodeBuffers(batch, capacity)
+    const { inputIds, positionIds, attentionMask } = io
+    // Small non-negative int64s written as their low and high 32-bit words: no BigInt per row.
+    const ids = io.inputWords
+    const positions = io.positionWords
+    const width = capacity + 1
     // The new token comes after all `capacity` columns; each row sees its own columns and the new token.
-    const attentionMask = new BigInt64Array(batch * (capacity + 1))
-    slots.forEach((row, b) => {
+    attentionMask.fill(0n)
+    for (let b = 0; b < batch; b++) {
+      const row = slots[b]
+      ids[2 * b + HIGH] = 0
+      positions[2 * b + HIGH] = 0
       if (row === undefined) {
+        ids[2 * b + LOW] = 0
+        positions[2 * b + LOW] = 0
         // GroupQueryAttention reads a row's length as its mask's sum minus one: a free slot must count one.
-        if (this.#right) attentionMask[b * (capacity + 1) + capacity] = 1n
-        return
+        if (this.#right) attentionMask[b * width + capacity] = 1n
+        continue
       }
-      const start = this.#right ? 0 : column - row.fed.length
-      attentionMask.fill(1n, b * (capacity + 1) + start, b * (capacity + 1) + start + row.fed.length)
-      attentionMask[b * (capacity + 1) + capacity] = 1n
-    })
+      const n = row.fed.length
+      ids[2 * b + LOW] = row.next
+      positions[2 * b + LOW] = n
+      const start = this.#right ? 0 : column - n
+      attentionMask.fill(1n, b * width + start, b * width + start + n)
+      attentionMask[b * width + capacity] = 1n
+    }
     const out = await this.#forward("decode", {
       batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
       pastKeys: this.#keys, pastValues: this.#values
@@ -603,11 +693,15 @@ export class BatchScheduler {
     this.#stepsSinceAdmission += 1
     // Every running row's new key and value go into the batch at column `column` (right layout: at the row's length).
     const started = performance.now()
-    slots.forEach((row, b) => {
-      if (row === undefined) return
-      const at = this.#right ? row.fed.length : column
-      for (let layer = 0; layer < numLayers; layer++) {
-        const [keys, values, newKeys, newValues] = [this.#keys[layer]!, this.#values[layer]!, out.newKeys[layer]!, out.newValues[layer]!]
+    for (let layer = 0; layer < numLayers; layer++) {
+      const keys = this.#keys[layer]!
+      const values = this.#values[layer]!
+      const newKeys = out.newKeys[layer]!
+      const newValues = out.newValues[layer]!
+      for (let b = 0; b < batch; b++) {
+        const row = slots[b]
+        if (row === undefined) continue
+        const at = this.#right ? row.fed.length : column
         for (let h = 0; h < kvHeads; h++) {
           const to = ((b * kvHeads + h) * capacity + at) * headDim
           const from = (b * kvHeads + h) * headDim
@@ -618,7 +712,7 @@ export class BatchScheduler {
           }
         }
       }
-    })
+    }
     this.#length = column + 1
     this.stats.copyMs += performance.now() - started
     slots.forEach((row, b) => {
@@ -643,7 +737,9 @@ export class BatchScheduler {
     const request = ticket.request
     this.#options.onLogits?.(request.episodeId, logits)
     const replayed = request.replay?.[row.tokenIds.length]
+    const sampleStarted = performance.now()
     const sample = replayed === undefined ? row.sampler(logits) : { token: replayed, logprob: logProbability(logits, replayed) }
+    this.stats.sampleMs += performance.now() - sampleStarted
     row.tokenIds.push(sample.token)
     row.logprobs.push(sample.logprob)
     row.versions.push(this.#version)
@@ -683,16 +779,19 @@ export class BatchScheduler {
   #extract(row: Row, slot: number): CachedSequence {
     const { numLayers, kvHeads, headDim } = this.#model.shape
     const n = row.fed.length
-    const copy = (sources: ReadonlyArray<Float32Array>) =>
+    const size = kvHeads * n * headDim
+    // One allocation for the whole entry: per layer keys then values.
+    const memory = new ArrayBuffer(2 * numLayers * size * 4)
+    const copy = (sources: ReadonlyArray<Float32Array>, part: number) =>
       Array.from({ length: numLayers }, (_, layer) => {
-        const out = new Float32Array(kvHeads * n * headDim)
+        const out = new Float32Array(memory, (2 * layer + part) * size * 4, size)
         for (let h = 0; h < kvHeads; h++) {
           const from = ((slot * kvHeads + h) * this.#capacity + this.#rowStart(n)) * headDim
           out.set(sources[layer]!.subarray(from, from + n * headDim), h * n * headDim)
         }
         return out
       })
-    return { tokens: row.fed, version: this.#version, keys: copy(this.#keys), values: copy(this.#values) }
+    return { tokens: row.fed, version: this.#version, keys: copy(this.#keys, 0), values: copy(this.#values, 1) }
   }
 
   /** The column where a row of `n` positions starts in the decode batch. */
@@ -782,8 +881,14 @@ export class BatchScheduler {
     // the total length, which its rotary cache must cover: one column less.
     const capacity = Math.min(length + HEADROOM, this.#options.maxPositions - (this.#right ? 1 : 0))
     if (capacity <= length) throw new SchedulerError(`no room to decode: rows of ${length} tokens in a model of ${this.#options.maxPositions} positions`)
-    const keys = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
-    const values = Array.from({ length: numLayers }, () => new Float32Array(width * kvHeads * capacity * headDim))
+    // The new layout goes into the spare buffer (the one the layout before last used); the current one
+    // becomes the spare. Laying out again allocates nothing once the buffers have grown. What the spare held
+    // is left where no row lands: those columns are masked, as a free slot's and a replaced row's already are
+    // (attention weighs a masked key by exactly 0, and every number there is a finite key or value).
+    const size = width * kvHeads * capacity * headDim
+    const spare = grown(this.#spare, 2 * numLayers * size)
+    const keys = Array.from({ length: numLayers }, (_, layer) => new Float32Array(spare, 2 * layer * size * 4, size))
+    const values = Array.from({ length: numLayers }, (_, layer) => new Float32Array(spare, (2 * layer + 1) * size * 4, size))
     const oldSlots = this.#slots
     staying.forEach((row, b) => {
       const slot = oldSlots.indexOf(row)
@@ -799,6 +904,8 @@ export class BatchScheduler {
     })
     this.#slots = [...staying, ...new Array<undefined>(width - staying.length)]
     joining.forEach((row, i) => this.#write(row, staying.length + i, keys, values, capacity, length))
+    this.#spare = this.#layoutBuffer
+    this.#layoutBuffer = spare
     this.#keys = keys
     this.#values = values
     this.#length = length

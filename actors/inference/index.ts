@@ -117,7 +117,11 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
       for (const { reject } of pending.values()) reject(new Error(message))
       pending.clear()
     }
-    worker.on("message", (message: FromWorker) => {
+    const onMessage = (message: FromWorker): void => {
+      if ("type" in message && message.type === "batch") {
+        for (const one of message.messages) onMessage(one)
+        return
+      }
       if ("type" in message && message.type === "token") {
         pending.get(message.id)?.onToken?.(message.token, message.logprob)
         return
@@ -157,7 +161,8 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
       pending.delete(message.id)
       if (message.ok) entry.resolve(message.value)
       else entry.reject(new Error(message.message))
-    })
+    }
+    worker.on("message", onMessage)
     worker.on("error", (error) => {
       failAll(`the inference worker crashed: ${error.message}`)
       reject(error)

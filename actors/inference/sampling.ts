@@ -19,12 +19,6 @@ export interface Sample {
   readonly logprob: number
 }
 
-const argmax = (logits: Float32Array): number => {
-  let best = 0
-  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i
-  return best
-}
-
 /**
  * The tokens a top-k / top-p sampler keeps, most probable first (ties: the lower id first): the top-k, then
  * the shortest prefix of them whose mass reaches topP of the whole. `weights[i]` is exp((logit_i - max) / T)
@@ -44,27 +38,56 @@ export const keptTokens = (logits: ArrayLike<number>, weights: ArrayLike<number>
   return kept
 }
 
+/**
+ * exp((logit - max) / temperature) of every token of the row being sampled: one buffer shared by every
+ * sampler (a sampler runs start to finish without yielding), so a batch's rows reuse memory that is already
+ * in cache rather than each request keeping its own.
+ */
+let shared = new Float64Array(0)
+
 /** A sampler for one generation request: its random stream is seeded by the request's (episode, turn) seed. */
 export const makeSampler = (settings: SamplingSettings, seed: number) => {
   const random = mulberry32(seed)
   const truncates = settings.topK > 0 || settings.topP < 1
-  // exp((logit - max) / temperature) of every token, computed once per step.
-  let weights = new Float64Array(0)
+  const t = settings.temperature === 0 ? 1 : settings.temperature
   return (logits: Float32Array): Sample => {
-    const best = argmax(logits)
-    const max = logits[best]!
-    const t = settings.temperature === 0 ? 1 : settings.temperature
-    if (weights.length !== logits.length) weights = new Float64Array(logits.length)
+    const n = logits.length
+    // The first of the largest logits (argmax).
+    let best = 0
+    let max = logits[0]!
+    for (let i = 1; i < n; i++) {
+      const value = logits[i]!
+      if (value > max) {
+        max = value
+        best = i
+      }
+    }
+    if (shared.length < n) shared = new Float64Array(n)
+    const weights = shared
     let sum = 0
-    for (let i = 0; i < logits.length; i++) sum += weights[i] = Math.exp((logits[i]! - max) / t)
+    // Dividing by a temperature of 1 changes nothing, so that loop skips it (the same numbers, bit for bit).
+    if (t === 1) {
+      for (let i = 0; i < n; i++) {
+        const weight = Math.exp(logits[i]! - max)
+        weights[i] = weight
+        sum += weight
+      }
+    } else {
+      for (let i = 0; i < n; i++) {
+        const weight = Math.exp((logits[i]! - max) / t)
+        weights[i] = weight
+        sum += weight
+      }
+    }
     const logprobOf = (token: number, mass: number) => (logits[token]! - max) / t - Math.log(mass)
     if (settings.temperature === 0) return { token: best, logprob: logprobOf(best, sum) }
     if (!truncates) {
       // Inverse CDF over the whole vocabulary.
       let u = random() * sum
-      for (let i = 0; i < logits.length; i++) {
-        if (u < weights[i]!) return { token: i, logprob: logprobOf(i, sum) }
-        u -= weights[i]!
+      for (let i = 0; i < n; i++) {
+        const weight = weights[i]!
+        if (u < weight) return { token: i, logprob: logprobOf(i, sum) }
+        u -= weight
       }
       return { token: best, logprob: logprobOf(best, sum) }
     }
