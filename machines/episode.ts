@@ -7,9 +7,10 @@
  * turn; `interacting` hands the assistant's text to the environment. `done` is final and its output is the
  * trajectory record. The host does what each state names and reports back with an event: RESET_DONE,
  * GENERATE_DONE or INTERACT_DONE with the result, or FAILED with the error (whose failure it is, the state
- * says). `generateInput` and `interactInput` give the host what the policy and the environment get. Every way an episode can end lands in `done` with a finish reason: the environment is
- * done, max turns, the token budget, the wall-clock timeout, an environment error, an inference error, or
- * an INTERRUPT event.
+ * says). `generateInput` and `interactInput` give the host what the policy and the environment get.
+ *
+ * Every way an episode can end lands in `done` with a finish reason: the environment is done, max turns,
+ * the token budget, the wall-clock timeout, an environment error, an inference error, or an INTERRUPT event.
  *
  * Events rather than invoked actors: an invoked promise actor costs a child actor, an AbortController and a
  * promise per call, about three times what the transition itself costs, on a path taken twice per turn. The
