@@ -920,9 +920,13 @@ const hasStop = (text: string, stop: ReadonlyArray<string>): boolean => stop.som
 
 /** log softmax(logits)[token]. */
 export const logProbability = (logits: Float32Array, token: number): number => {
+  const n = logits.length
   let max = -Infinity
-  for (const value of logits) if (value > max) max = value
+  for (let i = 0; i < n; i++) {
+    const value = logits[i]!
+    if (value > max) max = value
+  }
   let sum = 0
-  for (const value of logits) sum += Math.exp(value - max)
+  for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max)
   return logits[token]! - max - Math.log(sum)
 }
