@@ -17,7 +17,7 @@ export interface EvaluationSummary {
   readonly seed: number
   readonly greedy: boolean
   readonly mean_reward: number
-  /** Share of episodes with a total reward above zero. */
+  /** Share of episodes the environment reports won (`info.success`; without info, done with a reward above zero). */
   readonly success_rate: number
   /** Assistant turns per episode (grid-quest's moves, guess-number's guesses). */
   readonly mean_turns: number

@@ -4,11 +4,13 @@
  * dashboard all read this one object; the run feeds it the episode actors' inspection events and each
  * finished trajectory.
  *
- * Success is an episode whose total reward is above zero: grid-quest pays its success bonus only on a win
- * (its losses are negative), arithmetic pays 1 for a right answer and 0 otherwise.
+ * Success is what the environment reports (`info.success` on the last assistant turn); an environment that
+ * reports no info succeeds when it ends done with a total reward above zero (arithmetic pays 1 for a right
+ * answer and 0 otherwise).
  */
 import type { InspectionEvent } from "xstate"
 import type { FinishReason, Trajectory } from "./Trajectory.ts"
+import { succeeded } from "../actors/trainer/rewards.ts"
 
 /** The inference actor's batch, when the run generates with a model. */
 export interface InferenceGauges {
@@ -111,7 +113,11 @@ const leafState = (value: unknown): string => {
   return String(current)
 }
 
-const isSuccess = (trajectory: Trajectory): boolean => trajectory.reward > 0
+/**
+ * Success as the environment reports it (the last assistant turn's `info.success`), else a positive reward
+ * on done: a guess-number win with penalties can pay less than zero and is still a win.
+ */
+const isSuccess = succeeded
 
 /** Where the episode's environment first saw other tokens than the policy: `token_drift` in a turn's info. */
 export const tokenDriftOf = (trajectory: Trajectory): { readonly position: number } & Record<string, unknown> | undefined => {

@@ -41,7 +41,7 @@ const plots: ReadonlyArray<Plot> = [
   {
     file: "success",
     title: "Success rate",
-    yLabel: "episodes with reward > 0",
+    yLabel: "episodes won",
     yDomain: [0, 1],
     window: (p) => p.window_success_rate,
     cumulative: (p) => p.success_rate

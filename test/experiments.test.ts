@@ -12,6 +12,7 @@ import arithmetic from "../experiments/arithmetic.ts"
 import chat from "../experiments/chat.ts"
 import { applyOverrides, setPath } from "../src/cli/overrides.ts"
 import { isUnseenLayout, layoutGridQuest } from "../src/environments/gridQuest.ts"
+import { solveGuessNumber } from "../src/environments/guessNumber.ts"
 import { type ExperimentConfig, ExperimentError, resolve } from "../src/Experiment.ts"
 import type { RunEvent } from "../src/Run.ts"
 import { runExperiment } from "../src/runExperiment.ts"
@@ -51,6 +52,26 @@ describe("runExperiment (the Promise facade)", () => {
       expect(row.response_mask).toEqual(records[i].response_mask)
       expect(JSON.parse(row.messages as string)).toEqual(records[i].messages)
     }
+  })
+
+  it("counts a win the environment reports as a success even when its penalties make the reward negative", async () => {
+    // Three guesses of 50 (two ruled out by the first reply, 0.5 each), then binary search: every game is won,
+    // and every game that needed more than the first guess pays less than zero.
+    const run = runExperiment({
+      name: "sloppy-wins",
+      model: await tinyModel(),
+      environment: { name: "guess-number", episodes: 6, config: { ruledOutPenalty: 0.5 } },
+      policy: ({ context }) => ((context.match(/Higher|Lower/g) ?? []).length < 3 && !context.includes("Correct") ? "50" : solveGuessNumber(context)),
+      limits: { maxTurns: 12, maxNewTokens: 8 },
+      out: out()
+    })
+    const { summary, directory } = await run.result
+    const records = lines(path.join(directory, "trajectories.jsonl"))
+    const won = (record: { turns: Array<{ role: string; info?: { success?: boolean } }> }) => record.turns.findLast((t) => t.role === "assistant")?.info?.success === true
+    expect(records.every(won)).toBe(true)
+    expect(records.filter((r: { reward: number }) => r.reward < 0).length).toBeGreaterThan(0)
+    expect(summary.mean_reward).toBeLessThan(0.5)
+    expect(lines(path.join(directory, "metrics.jsonl")).at(-1).success_rate).toBe(1)
   })
 
   it("stops gently when aborted: no new episodes start, and every episode that ran is delivered and written", async () => {
@@ -112,8 +133,8 @@ describe("runExperiment (the Promise facade)", () => {
     expect(unseen.every(layoutOf)).toBe(true)
     expect(seen.some(layoutOf)).toBe(false)
     expect(summary.evaluation?.splits).toEqual({
-      unseen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1 },
-      seen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1 }
+      unseen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1, mean_turns: expect.any(Number) },
+      seen: { episodes: 4, mean_reward: expect.any(Number), success_rate: 1, mean_turns: expect.any(Number) }
     })
     expect(summary.eval_success).toBe(1)
   })
