@@ -109,6 +109,18 @@ describe("episodic run", () => {
     expect(again.stderr + again.stdout).not.toMatch(/first use/)
   })
 
+  it("model init makes a model, and with --tool-calls one whose tokenizer writes an agent's tool call in a few tokens", async () => {
+    const cwd = workdir()
+    const vocabularyOf = (dir: string) => Object.keys(JSON.parse(readFileSync(path.join(cwd, dir, "tokenizer.json"), "utf8")).model.vocab as Record<string, number>)
+    for (const [dir, flags] of [["plain", []], ["agent", ["--tool-calls"]]] as const) {
+      const made = await episodic(["model", "init", "--preset", "micro", "--out", dir, ...flags], cwd)
+      expect(made.code, made.stderr).toBe(0)
+      expect(existsSync(path.join(cwd, dir, "onnx", "model.onnx"))).toBe(true)
+    }
+    expect(vocabularyOf("plain").some((piece) => piece.includes("tool_call"))).toBe(false)
+    expect(vocabularyOf("agent").some((piece) => piece.includes("tool_call"))).toBe(true)
+  })
+
   it("says in one line how to make a model an experiment needs", async () => {
     const dir = workdir()
     const file = path.join(dir, "no-model.ts")

@@ -20,7 +20,8 @@ const init = Command.make(
     ),
     seed: Flag.Int("seed").pipe(Flag.withDescription("Seeds the random weights"), Flag.withDefault(0)),
     toolCalls: Flag.Boolean("tool-calls").pipe(
-      Flag.withDescription("The tokenizer also learns agents' tool calls (grid-quest's move tool in the Hermes format, docs/agents.md)")
+      Flag.withDescription("The tokenizer also learns agents' tool calls (grid-quest's move tool in the Hermes format, docs/agents.md)"),
+      Flag.withDefault(false)
     ),
     out: Flag.String("out").pipe(Flag.withDescription("The model directory to write (replaced if it exists)"), Flag.optional)
   },
