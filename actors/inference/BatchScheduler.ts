@@ -419,9 +419,10 @@ export class BatchScheduler {
   }
 
   #clearBatch(): void {
-    // Nothing runs: the layout's memory goes back (a batch of other sizes may come next).
+    // Nothing runs: the layout's and the prefills' memory goes back (a batch of other sizes may come next).
     this.#layoutBuffer = undefined
     this.#spare = undefined
+    this.#pastScratch = undefined
     this.#slots = []
     this.#keys = []
     this.#values = []

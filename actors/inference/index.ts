@@ -117,11 +117,7 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
       for (const { reject } of pending.values()) reject(new Error(message))
       pending.clear()
     }
-    const onMessage = (message: FromWorker): void => {
-      if ("type" in message && message.type === "batch") {
-        for (const one of message.messages) onMessage(one)
-        return
-      }
+    worker.on("message", (message: FromWorker) => {
       if ("type" in message && message.type === "token") {
         pending.get(message.id)?.onToken?.(message.token, message.logprob)
         return
@@ -161,8 +157,7 @@ const inWorker = (settings: ActorSettings): Promise<Transport> =>
       pending.delete(message.id)
       if (message.ok) entry.resolve(message.value)
       else entry.reject(new Error(message.message))
-    }
-    worker.on("message", onMessage)
+    })
     worker.on("error", (error) => {
       failAll(`the inference worker crashed: ${error.message}`)
       reject(error)

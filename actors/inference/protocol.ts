@@ -39,8 +39,6 @@ export type ToWorker = { readonly id: number; readonly call: Call }
 
 export type FromWorker =
   | { readonly type: "ready"; readonly info: ActorInfo }
-  /** Several messages at once, in order (those of one step). */
-  | { readonly type: "batch"; readonly messages: ReadonlyArray<FromWorker> }
   | { readonly type: "failed"; readonly message: string }
   | { readonly type: "token"; readonly id: number; readonly token: number; readonly logprob: number }
   | { readonly id: number; readonly ok: true; readonly value: Reply }
