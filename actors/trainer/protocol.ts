@@ -1,9 +1,9 @@
 /** Messages between the trainer's handle (the run's thread) and the trainer's worker thread. */
 import type { Weights } from "../../src/model/safetensors.ts"
 import type { Trajectory } from "../../src/Trajectory.ts"
-import type * as Checkpoint from "./checkpoint.ts"
+import * as Checkpoint from "./checkpoint.ts"
 import type { AdamWState } from "./optimizer.ts"
-import type { SftMetrics, TrainerOptions, UpdateMetrics } from "./Trainer.ts"
+import type { SftMetrics, Trainer, TrainerOptions, UpdateMetrics } from "./Trainer.ts"
 
 /** The trainer's options as they cross to the worker: a reward function stays on the run's thread. */
 export type TrainerSettings = Omit<TrainerOptions, "algorithm"> & {
@@ -37,3 +37,21 @@ export type FromTrainer =
   /** `version`: the trainer's version after the call. */
   | { readonly id: number; readonly ok: true; readonly value: TrainerReply; readonly version: number }
   | { readonly id: number; readonly ok: false; readonly message: string; readonly version: number }
+
+/** Runs one call on a trainer in this thread: the worker and the calling-thread transport both answer with it. */
+export const callTrainer = (trainer: Trainer, call: TrainerCall): TrainerReply => {
+  switch (call.type) {
+    case "update":
+      return trainer.update(call.trajectories, call.scores)
+    case "sft":
+      return trainer.sft(call.trajectories, call.options)
+    case "policyWeights":
+      return trainer.policyWeights()
+    case "restore":
+      return trainer.restore(call.weights, call.optimizer, call.version)
+    case "checkpoint":
+      return Checkpoint.save(call.directory, trainer, call.sourceModel, call.state)
+    case "close":
+      return trainer.dispose()
+  }
+}

@@ -10,9 +10,8 @@ import { Worker } from "node:worker_threads"
 import type { Weights } from "../../src/model/safetensors.ts"
 import type { Trajectory } from "../../src/Trajectory.ts"
 import type { AdamWState } from "./optimizer.ts"
-import type { CheckpointState, FromTrainer, SftOptions, TrainerCall, TrainerReply, TrainerSettings } from "./protocol.ts"
+import { callTrainer, type CheckpointState, type FromTrainer, type SftOptions, type TrainerCall, type TrainerReply, type TrainerSettings } from "./protocol.ts"
 import { rewardManager, type RewardFunction } from "./rewards.ts"
-import * as Checkpoint from "./checkpoint.ts"
 import { Trainer, usable, type SftMetrics, type TrainerOptions, type UpdateMetrics } from "./Trainer.ts"
 
 export interface TrainerHandle {
@@ -50,20 +49,8 @@ const inThread = async (options: TrainerOptions): Promise<Transport> => {
     version: () => trainer.version,
     call: async (call) => {
       if (closed) throw new Error("the trainer is closed")
-      switch (call.type) {
-        case "update":
-          return trainer.update(call.trajectories, call.scores)
-        case "sft":
-          return trainer.sft(call.trajectories, call.options)
-        case "policyWeights":
-          return trainer.policyWeights()
-        case "restore":
-          return trainer.restore(call.weights, call.optimizer, call.version)
-        case "checkpoint":
-          return Checkpoint.save(call.directory, trainer, call.sourceModel, call.state)
-        case "close":
-          return
-      }
+      // Closing is close()'s work, which disposes once.
+      return call.type === "close" ? undefined : callTrainer(trainer, call)
     },
     close: async () => {
       if (closed) return

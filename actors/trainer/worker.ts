@@ -4,8 +4,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads"
 import type { Weights } from "../../src/model/safetensors.ts"
-import * as Checkpoint from "./checkpoint.ts"
-import type { FromTrainer, ToTrainer, TrainerCall, TrainerReply, TrainerSettings } from "./protocol.ts"
+import { callTrainer, type FromTrainer, type ToTrainer, type TrainerCall, type TrainerReply, type TrainerSettings } from "./protocol.ts"
 import { Trainer } from "./Trainer.ts"
 
 const port = parentPort!
@@ -17,26 +16,11 @@ const movable = (weights: Weights, backend: string): { weights: Weights; transfe
   return { weights: owned, transfer: [...new Set([...owned.values()].map((t) => t.data.buffer as ArrayBuffer))] }
 }
 
+/** One call on the trainer; weights leave as movable copies. */
 const handle = (trainer: Trainer, call: TrainerCall): { value: TrainerReply; transfer?: Array<ArrayBuffer> } => {
-  switch (call.type) {
-    case "update":
-      return { value: trainer.update(call.trajectories, call.scores) }
-    case "sft":
-      return { value: trainer.sft(call.trajectories, call.options) }
-    case "policyWeights": {
-      const { weights, transfer } = movable(trainer.policyWeights(), trainer.backend)
-      return { value: weights, transfer }
-    }
-    case "restore":
-      trainer.restore(call.weights, call.optimizer, call.version)
-      return { value: undefined }
-    case "checkpoint":
-      Checkpoint.save(call.directory, trainer, call.sourceModel, call.state)
-      return { value: undefined }
-    case "close":
-      trainer.dispose()
-      return { value: undefined }
-  }
+  if (call.type !== "policyWeights") return { value: callTrainer(trainer, call) }
+  const { weights, transfer } = movable(trainer.policyWeights(), trainer.backend)
+  return { value: weights, transfer }
 }
 
 try {
