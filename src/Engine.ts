@@ -13,6 +13,7 @@ import type { DatasetRow } from "./DatasetRow.ts"
 import { decodeOrProblem, EngineNumbers } from "./EngineSchema.ts"
 import type { Environment } from "./Environment.ts"
 import type { EnvironmentRegistry } from "./environments/registry.ts"
+import * as EngineWorkers from "./EngineWorkers.ts"
 import * as Episode from "./Episode.ts"
 import type { SamplingParams } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
@@ -40,6 +41,12 @@ export interface EngineOptions {
    * a base URL of its own, served by a loopback gateway the engine starts; its reward is the episode's.
    */
   readonly agent?: AgentEpisode.Agent | undefined
+  /**
+   * Episodes on worker threads, when one event loop is not enough (docs/benchmarks.md, "More cores"): the
+   * records are the ones this thread would make; generation still goes through this thread's Inference. Not
+   * with `agent` or `inspect`, whose functions cannot cross threads.
+   */
+  readonly workers?: EngineWorkers.WorkersOptions | undefined
 }
 
 export interface RunOptions {
@@ -70,6 +77,19 @@ const make = (options: EngineOptions) =>
     if (Result.isFailure(checked)) return yield* new EngineOptionsError({ message: `engine options: ${checked.failure}` })
     const context = yield* Effect.context<Inference | Tokenizer>()
     const gateway = options.agent === undefined ? undefined : yield* makeGateway()
+    const workerCount = options.workers?.count ?? 0
+    if (!Number.isSafeInteger(workerCount) || workerCount < 0) {
+      return yield* new EngineOptionsError({ message: `engine options: workers.count must be a whole number >= 0, got ${workerCount}` })
+    }
+    if (workerCount > 0 && (options.agent !== undefined || options.inspect !== undefined)) {
+      return yield* new EngineOptionsError({ message: `engine options: workers cannot run episodes with ${options.agent !== undefined ? "an agent" : "an inspector"} (a function on this thread); leave workers out` })
+    }
+    const workers = workerCount === 0 ? undefined : yield* EngineWorkers.make({
+      workers: options.workers!,
+      concurrency: options.concurrency,
+      environmentConfig: options.environmentConfig ?? {},
+      envCallTimeoutMs: options.envCallTimeoutMs
+    }).pipe(Effect.catchTag("EngineWorkerError", (error) => Effect.fail(new EngineOptionsError({ message: error.message }))))
 
     const episodeOf = (row: DatasetRow, rowIndex: number, sample: number, runOptions: RunOptions | undefined): Episode.EpisodeSpec => {
       const name = row.extra_info.interaction_kwargs.name
@@ -92,7 +112,18 @@ const make = (options: EngineOptions) =>
       }
     }
 
-    const run = <E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R> => {
+    const run = <E, R>(rows: Stream.Stream<DatasetRow, E, R>, runOptions?: RunOptions): Stream.Stream<Trajectory, E, R> =>
+      workers === undefined ? runWith(rows, runOptions, undefined) : Stream.suspend(() => {
+        const onWorkers = workers.startRun(runOptions?.stop)
+        return runWith(rows, runOptions, onWorkers.episode).pipe(Stream.ensuring(onWorkers.end))
+      })
+
+    const runWith = <E, R>(
+      rows: Stream.Stream<DatasetRow, E, R>,
+      runOptions: RunOptions | undefined,
+      /** Plays an episode on a worker thread instead of this one. */
+      onWorker: ((spec: Episode.EpisodeSpec) => Effect.Effect<Trajectory>) | undefined
+    ): Stream.Stream<Trajectory, E, R> => {
       const stop = runOptions?.stop
       const stopped = () => stop !== undefined && Deferred.isDoneUnsafe(stop)
       // Stop reading rows once stopped; rows already read (streams hand them over in chunks) are skipped at
@@ -109,6 +140,8 @@ const make = (options: EngineOptions) =>
           (spec) =>
             stopped()
               ? Effect.succeed(undefined)
+              : onWorker !== undefined
+              ? onWorker(spec)
               : options.agent !== undefined
               ? AgentEpisode.run({ ...spec, agent: options.agent }).pipe(Effect.provideContext(context), Effect.provideService(AgentGateway, gateway!))
               : Episode.run(spec).pipe(Effect.provideContext(context)),

@@ -1,0 +1,104 @@
+/**
+ * Episodes on worker threads (EngineOptions.workers): real worker threads, the real Qwen3 tokenizer, grid-quest
+ * played by its scripted solver on the main thread. Records match the calling thread's; a stop reaches every
+ * worker; a worker that cannot load its environments, or dies, fails the run with its reason.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit, Layer, Stream } from "effect"
+import { fileURLToPath } from "node:url"
+import type { DatasetRow } from "../src/DatasetRow.ts"
+import { Engine, type EngineOptions } from "../src/Engine.ts"
+import { gridQuest, solveGridQuest } from "../src/environments/gridQuest.ts"
+import { EnvironmentRegistry } from "../src/environments/registry.ts"
+import { SamplingParams } from "../src/Generation.ts"
+import * as TextPolicy from "../src/TextPolicy.ts"
+import { Tokenizer } from "../src/Tokenizer.ts"
+import type { Trajectory } from "../src/Trajectory.ts"
+import { tokenizerDirs } from "./support.ts"
+
+const environmentsModule = fileURLToPath(new URL("./engine-workers-environments.ts", import.meta.url))
+const solver = (context: string) => solveGridQuest(context.slice(context.lastIndexOf("You are at")))
+const rowsOf = (count: number, name = "grid-quest"): ReadonlyArray<DatasetRow> =>
+  gridQuest.rows!({ seed: 7, count, config: {} }).map((row) => ({
+    ...row,
+    extra_info: { ...row.extra_info, interaction_kwargs: { ...row.extra_info.interaction_kwargs, name } }
+  }))
+
+const options = (overrides: Partial<EngineOptions> = {}): EngineOptions => ({
+  environments: EnvironmentRegistry.builtins(),
+  concurrency: 16,
+  samplesPerRow: 2,
+  limits: { maxTurns: 12, maxResponseTokens: 2048, maxNewTokens: 16, timeoutMs: 60_000 },
+  sampling: SamplingParams.greedy,
+  envCallTimeoutMs: 60_000,
+  seed: 3,
+  bufferCapacity: 16,
+  ...overrides
+})
+
+/** Runs the rows through an engine with these options; the policy hears each turn. */
+const collect = (rows: ReadonlyArray<DatasetRow>, engineOptions: EngineOptions, runOptions: { stop?: Deferred.Deferred<void> } = {}, onTurn = () => {}) =>
+  Effect.gen(function*() {
+    const engine = yield* Engine
+    return yield* Stream.runCollect(engine.run(Stream.fromIterable(rows), runOptions))
+  }).pipe(
+    Effect.provide(Engine.layer(engineOptions).pipe(
+      Layer.provideMerge(TextPolicy.layer(({ context }) => {
+        onTurn()
+        return solver(context)
+      })),
+      Layer.provideMerge(Tokenizer.layer(tokenizerDirs.qwen3))
+    ))
+  )
+
+/** The record without its timings, which differ from run to run. */
+const untimed = (t: Trajectory) => JSON.stringify({ ...t, turns: t.turns.map(({ timings: _, ...turn }) => turn) })
+
+describe("Engine on worker threads", () => {
+  it.effect("workers: 2 make the records the calling thread makes, one per row and sample", () =>
+    Effect.gen(function*() {
+      const rows = rowsOf(24)
+      const here = yield* collect(rows, options())
+      const onWorkers = yield* collect(rows, options({ workers: { count: 2 } }))
+      assert.strictEqual(onWorkers.length, 48)
+      const ids = onWorkers.map((t) => t.id).sort()
+      assert.deepStrictEqual(ids, rows.flatMap((_, row) => [`${row}-0`, `${row}-1`]).sort())
+      const expected = new Map(here.map((t) => [t.id, untimed(t)]))
+      for (const record of onWorkers) assert.strictEqual(untimed(record), expected.get(record.id), record.id)
+      assert.isTrue(onWorkers.every((t) => t.finishReason === "done" && t.reward > 0))
+    }), 60_000)
+
+  it.effect("a stop interrupts the running episodes of every worker; each is still emitted", () =>
+    Effect.gen(function*() {
+      const stop = yield* Deferred.make<void>()
+      const rows = rowsOf(8, "waiting-grid-quest")
+      let turns = 0
+      const records = yield* collect(rows, options({ workers: { count: 2, module: environmentsModule } }), { stop }, () => {
+        // Every episode has generated its first turn and waits on its environment: stop them all.
+        if (++turns === 16) Deferred.doneUnsafe(stop, Effect.void)
+      })
+      assert.strictEqual(records.length, 16)
+      assert.isTrue(records.every((t) => t.finishReason === "interrupted"), records.map((t) => t.finishReason).join(","))
+    }), 60_000)
+
+  it.effect("a worker module that cannot be loaded fails the run, naming the worker and the module", () =>
+    Effect.gen(function*() {
+      const exit = yield* Effect.exit(collect(rowsOf(2), options({ workers: { count: 1, module: "/nowhere/environments.ts" } })))
+      assert.isTrue(Exit.isFailure(exit))
+      const message = String(Exit.isFailure(exit) ? exit.cause : "")
+      assert.match(message, /engine worker 0 failed: cannot load the environments of \/nowhere\/environments\.ts/)
+    }), 60_000)
+
+  it.effect("a worker whose thread dies fails the run with its reason instead of hanging", () =>
+    Effect.gen(function*() {
+      const exit = yield* Effect.exit(collect(rowsOf(2, "crashing-grid-quest"), options({ workers: { count: 1, module: environmentsModule } })))
+      assert.isTrue(Exit.isFailure(exit))
+      assert.match(String(Exit.isFailure(exit) ? exit.cause : ""), /engine worker 0 failed: the environment blew up its thread/)
+    }), 60_000)
+
+  it.effect("workers refuse an inspector: its function cannot cross threads", () =>
+    Effect.gen(function*() {
+      const exit = yield* Effect.exit(collect(rowsOf(1), options({ workers: { count: 2 }, inspect: () => {} })))
+      assert.match(String(Exit.isFailure(exit) ? exit.cause : ""), /workers cannot run episodes with an inspector/)
+    }))
+})
