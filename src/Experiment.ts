@@ -56,6 +56,13 @@ export interface ExperimentConfig {
   /** Episodes per row (GRPO's group size). */
   readonly samplesPerRow?: number
   readonly concurrency?: number
+  /**
+   * Worker threads that play the episodes, when one event loop is not enough for the engine's own work
+   * (docs/benchmarks.md, "More cores"); 0 (the default) plays them on the run's thread. Each worker loads the
+   * tokenizer and this experiment file's `environments` itself; generation and training stay on the run's
+   * thread, so records and learning are the same. Not with `agent`, nor with `--inspect`.
+   */
+  readonly workers?: number
   readonly limits?: Partial<EpisodeLimits>
   /** Tokens per turn are `limits.maxNewTokens`. */
   readonly sampling?: Partial<Omit<SamplingParams, "maxNewTokens">>
@@ -119,6 +126,7 @@ export const ResolvedExperiment = Schema.Struct({
   environmentConfig: Schema.Record(Schema.String, Schema.Record(Schema.String, Schema.Unknown)),
   samplesPerRow: PositiveInt,
   concurrency: PositiveInt,
+  workers: NonNegativeInt,
   limits: EpisodeLimitsSchema,
   sampling: SamplingParams,
   envCallTimeoutMs: Milliseconds,
@@ -218,6 +226,7 @@ export class ExperimentError extends Schema.TaggedError<ExperimentError>()("Expe
 const defaults = {
   samplesPerRow: 1,
   concurrency: 32,
+  workers: 0,
   limits: { maxTurns: 12, maxResponseTokens: 1024, maxNewTokens: 32, timeoutMs: 300_000 },
   envCallTimeoutMs: 30_000,
   seed: 0,
@@ -305,6 +314,7 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
     },
     samplesPerRow: config.samplesPerRow ?? defaults.samplesPerRow,
     concurrency: config.concurrency ?? defaults.concurrency,
+    workers: config.workers ?? defaults.workers,
     limits,
     sampling: { ...SamplingParams.defaults, ...config.sampling, maxNewTokens: limits.maxNewTokens },
     envCallTimeoutMs: config.envCallTimeoutMs ?? defaults.envCallTimeoutMs,
@@ -329,6 +339,9 @@ export const resolve = (config: ExperimentConfig): ResolvedExperiment => {
   }
   if (config.trainer?.warmStart !== undefined && config.trainer.warmStart.policy === undefined) {
     throw new ExperimentError({ message: "experiment: trainer.warmStart needs a `policy` that plays the demonstrations" })
+  }
+  if ((config.workers ?? 0) > 0 && config.agent !== undefined) {
+    throw new ExperimentError({ message: "experiment: `workers` cannot play episodes with an `agent` (a function on the run's thread); leave one out" })
   }
   if (config.trainer !== undefined && config.policy !== undefined) {
     throw new ExperimentError({ message: "experiment: `trainer` trains the model, so the experiment cannot also set a hand-written `policy`" })

@@ -169,11 +169,14 @@ export const run = (requested: ResolvedExperiment, config: ExperimentConfig, opt
       experiment.name,
       experiment.environment === undefined ? undefined : experiment.environment.episodes * experiment.samplesPerRow
     )
+    const workers = yield* workersFor(experiment, config, options)
     const engine = Engine.layer({
-      inspect: (event) => {
+      // Episodes on worker threads send no inspection events here: the monitor then counts finished episodes only.
+      inspect: workers !== undefined ? undefined : (event) => {
         monitor.observe(event)
         options.inspect?.(event)
       },
+      workers,
       environments: registry,
       environmentConfig: experiment.environmentConfig,
       concurrency: experiment.concurrency,
@@ -187,6 +190,19 @@ export const run = (requested: ResolvedExperiment, config: ExperimentConfig, opt
     }).pipe(Layer.provideMerge(inference), Layer.provideMerge(Tokenizer.layer(RemoteRun.localModel(experiment))))
     return yield* rollout(experiment, config, rows, registry, monitor, options).pipe(Effect.scoped, Effect.provide(engine))
   })
+}
+
+/** The engine's worker threads: each imports the experiment file when the experiment has environments of its own. */
+const workersFor = (experiment: ResolvedExperiment, config: ExperimentConfig, options: RunOptions) => {
+  if (experiment.workers === 0) return Effect.succeed(undefined)
+  if (options.inspect !== undefined) {
+    return Effect.fail(new ExperimentError({ message: "the inspector cannot watch episodes on worker threads: leave out `workers` or --inspect" }))
+  }
+  if ((config.environments ?? []).length === 0) return Effect.succeed({ count: experiment.workers })
+  if (experiment.source === undefined) {
+    return Effect.fail(new ExperimentError({ message: "`workers` load the experiment's `environments` from its file: run it with `episodic run FILE` (or set `source`)" }))
+  }
+  return Effect.succeed({ count: experiment.workers, module: experiment.source })
 }
 
 const rollout = (

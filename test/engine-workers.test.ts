@@ -10,6 +10,7 @@ import type { DatasetRow } from "../src/DatasetRow.ts"
 import { Engine, type EngineOptions } from "../src/Engine.ts"
 import { gridQuest, solveGridQuest } from "../src/environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
+import { resolve } from "../src/Experiment.ts"
 import { SamplingParams } from "../src/Generation.ts"
 import * as TextPolicy from "../src/TextPolicy.ts"
 import { Tokenizer } from "../src/Tokenizer.ts"
@@ -101,4 +102,12 @@ describe("Engine on worker threads", () => {
       const exit = yield* Effect.exit(collect(rowsOf(1), options({ workers: { count: 2 }, inspect: () => {} })))
       assert.match(String(Exit.isFailure(exit) ? exit.cause : ""), /workers cannot run episodes with an inspector/)
     }))
+
+  it("an experiment's `workers` defaults to 0 and refuses an agent", () => {
+    const experiment = { name: "x", model: "m", environment: { name: "grid-quest", episodes: 4 } }
+    assert.strictEqual(resolve(experiment).workers, 0)
+    assert.strictEqual(resolve({ ...experiment, workers: 2 }).workers, 2)
+    assert.throws(() => resolve({ ...experiment, workers: 2, agent: async () => 0 }), /`workers` cannot play episodes with an `agent`/)
+    assert.throws(() => resolve({ ...experiment, workers: -1 }), /workers/)
+  })
 })

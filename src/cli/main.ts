@@ -73,6 +73,7 @@ const run = Command.make(
       "Episodes to run, a multiple of samplesPerRow: sets the experiment's rows (environment.episodes) to episodes / samplesPerRow"
     ),
     concurrency: optionalInt("concurrency", "Episodes running at once"),
+    workers: optionalInt("workers", "Worker threads that play the episodes (0: the run's own thread); see docs/benchmarks.md, More cores"),
     seed: optionalInt("seed", "Run seed: seeds rows, environments and sampling"),
     out: optionalString("out", "Parent directory of the run directory (default: runs)"),
     name: optionalString("name", "Run name: the run directory is <out>/<name>"),
@@ -109,6 +110,7 @@ const run = Command.make(
           model: Option.getOrUndefined(flags.model),
           episodes: Option.getOrUndefined(flags.episodes),
           concurrency: Option.getOrUndefined(flags.concurrency),
+          workers: Option.getOrUndefined(flags.workers),
           seed: Option.getOrUndefined(flags.seed),
           out: Option.getOrUndefined(flags.out),
           samplesPerRow: Option.getOrUndefined(flags.samplesPerRow),

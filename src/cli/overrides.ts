@@ -31,6 +31,7 @@ export interface OverrideFlags {
   readonly model?: string | undefined
   readonly episodes?: number | undefined
   readonly concurrency?: number | undefined
+  readonly workers?: number | undefined
   readonly seed?: number | undefined
   readonly out?: string | undefined
   readonly samplesPerRow?: number | undefined
@@ -49,6 +50,7 @@ export const applyOverrides = (loaded: ExperimentConfig, flags: OverrideFlags): 
   set("name", flags.name)
   set("model", flags.model)
   set("concurrency", flags.concurrency)
+  set("workers", flags.workers)
   set("seed", flags.seed)
   set("out", flags.out)
   set("samplesPerRow", flags.samplesPerRow)
