@@ -267,9 +267,11 @@ describe("the actor's batching and caches", () => {
 describe("sampling", () => {
   const logits = Float32Array.of(2, 1, 0.5, -1, 0)
   const logSoftmax = (values: ReadonlyArray<number>, i: number) => values[i]! - Math.log(values.reduce((s, v) => s + Math.exp(v), 0))
+  /** What the graph's sampling head gives: softmax(logits / temperature), as float32. */
+  const softmax = (values: Float32Array, temperature = 1) => Float32Array.from(values, (_, i) => Math.exp(logSoftmax([...values].map((v) => v / temperature), i)))
 
   it("greedy takes the argmax and records the model's logprob", () => {
-    const sample = makeSampler({ temperature: 0, topK: 0, topP: 1 }, 0)(logits)
+    const sample = makeSampler({ temperature: 0, topK: 0, topP: 1 }, 0)(logits, softmax(logits))
     expect(sample.token).toBe(0)
     expect(sample.logprob).toBeCloseTo(logSoftmax([...logits], 0), 6)
   })
@@ -278,7 +280,7 @@ describe("sampling", () => {
     const sampler = makeSampler({ temperature: 0.5, topK: 0, topP: 1 }, 3)
     const scaled = [...logits].map((v) => v / 0.5)
     for (let i = 0; i < 20; i++) {
-      const sample = sampler(logits)
+      const sample = sampler(logits, softmax(logits, 0.5))
       expect(sample.logprob).toBeCloseTo(logSoftmax(scaled, sample.token), 6)
     }
   })
@@ -287,7 +289,7 @@ describe("sampling", () => {
     const sampler = makeSampler({ temperature: 1, topK: 2, topP: 1 }, 9)
     const seen = new Set<number>()
     for (let i = 0; i < 200; i++) {
-      const sample = sampler(logits)
+      const sample = sampler(logits, softmax(logits))
       seen.add(sample.token)
       const kept = Math.log(Math.exp(2) + Math.exp(1))
       expect(sample.logprob).toBeCloseTo(logits[sample.token]! - kept, 6)
@@ -301,7 +303,7 @@ describe("sampling", () => {
     const sampler = makeSampler({ temperature: 1, topK: 0, topP: 0.7 }, 1)
     const seen = new Set<number>()
     for (let i = 0; i < 200; i++) {
-      const sample = sampler(probs)
+      const sample = sampler(probs, softmax(probs))
       seen.add(sample.token)
       expect(sample.logprob).toBeCloseTo(Math.log(sample.token === 0 ? 0.5 / 0.8 : 0.3 / 0.8), 5)
     }

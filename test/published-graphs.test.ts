@@ -260,8 +260,8 @@ describe("graphs without position_ids", () => {
 
 describe("external data files (model.onnx + model.onnx_data, as exports over 2 GB ship)", () => {
   it.each([
-    { title: "a graph the actor loads from its path (optimum's merged decoder)", make: (bytes: Uint8Array) => mergedDecoder(bytes) },
-    { title: "a graph the actor rewrites and loads from bytes (episodic's own)", make: (bytes: Uint8Array) => bytes }
+    { title: "a graph the actor only gives its sampling head (optimum's merged decoder)", make: (bytes: Uint8Array) => mergedDecoder(bytes) },
+    { title: "a graph the actor also cuts to its new keys and values (episodic's own)", make: (bytes: Uint8Array) => bytes }
   ])("$title decodes exactly as the same graph with its weights inside", async ({ make }) => {
     const source = await tinyModel()
     const inside = make(readFileSync(path.join(source, "onnx", "model.onnx")))

@@ -29,7 +29,7 @@
  */
 import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
 import { KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
-import { makeSampler, type Sampler } from "./sampling.ts"
+import { headTemperature, makeSampler, type Sampler, tokenLogprob } from "./sampling.ts"
 
 export interface SchedulerRequest {
   readonly episodeId: string
@@ -127,6 +127,8 @@ interface Ticket {
 interface Row {
   readonly ticket: Ticket
   readonly sampler: Sampler
+  /** The temperature the graph's sampling head divides this row's logits by (1 for a replay). */
+  readonly temperature: number
   /** Tokens whose keys and values the actor holds for this row. */
   readonly fed: Array<number>
   /** Sampled, not yet run through the model (-1 once the turn is over). */
@@ -155,6 +157,8 @@ interface Prefilled {
 interface PrefillItem {
   readonly cached: CachedSequence | undefined
   readonly fresh: ReadonlyArray<number>
+  /** The sampling head's temperature for the row's last position. */
+  readonly temperature: number
 }
 
 /** A decode step's inputs and outputs, reused from step to step while the batch keeps its shape. */
@@ -167,6 +171,10 @@ interface DecodeBuffers {
   readonly inputWords: Int32Array
   readonly positionWords: Int32Array
   readonly attentionMask: BigInt64Array
+  /** The sampling head's temperature per slot. */
+  readonly temperatures: Float32Array
+  /** The sampling head's column per slot: 0, the step's only one. */
+  readonly sampleColumns: Int32Array
 }
 
 /**
@@ -443,7 +451,9 @@ export class BatchScheduler {
       batch, capacity, inputIds, positionIds,
       inputWords: int64Words(inputIds),
       positionWords: int64Words(positionIds),
-      attentionMask: new BigInt64Array(batch * (capacity + 1))
+      attentionMask: new BigInt64Array(batch * (capacity + 1)),
+      temperatures: new Float32Array(batch),
+      sampleColumns: new Int32Array(batch)
     }
     this.#decodeIo = io
     return io
@@ -476,7 +486,7 @@ export class BatchScheduler {
     if (rows.length === 0) return this.#clearBatch()
     for (const group of this.#prefillGroups(rows.map((row) => row.fed.length))) {
       const members = group.map((i) => rows[i]!)
-      const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed })))
+      const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed, temperature: 1 })))
       members.forEach((row, b) => {
         row.pending = { cached: undefined, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: row.fed.length, offset: this.#offset(newLength, row.fed.length) }
         this.stats.recomputedTokens += row.fed.length
@@ -554,6 +564,8 @@ export class BatchScheduler {
     const inputIds = new BigInt64Array(batch * newLength)
     const positionIds = new BigInt64Array(batch * newLength)
     const attentionMask = new BigInt64Array(batch * total)
+    const sampleColumns = new Int32Array(batch)
+    const temperatures = Float32Array.from(items, (item) => item.temperature)
     items.forEach(({ cached, fresh }, b) => {
       const past = cached?.tokens.length ?? 0
       if (cached !== undefined) {
@@ -567,6 +579,7 @@ export class BatchScheduler {
       }
       const pastStart = this.#right ? 0 : pastLength - past
       const freshStart = this.#offset(newLength, fresh.length)
+      sampleColumns[b] = freshStart + fresh.length - 1
       attentionMask.fill(1n, b * total + pastStart, b * total + pastStart + past)
       attentionMask.fill(1n, b * total + pastLength + freshStart, b * total + pastLength + freshStart + fresh.length)
       fresh.forEach((token, i) => {
@@ -576,7 +589,7 @@ export class BatchScheduler {
       })
     })
     this.stats.copyMs += performance.now() - copyStarted
-    const out = await this.#forward("prefill", { batch, sequenceLength: newLength, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues })
+    const out = await this.#forward("prefill", { batch, sequenceLength: newLength, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues, sampleColumns, temperatures })
     this.stats.prefillSteps += 1
     return { out, newLength }
   }
@@ -605,11 +618,11 @@ export class BatchScheduler {
       this.#waiting.shift()
       ticket.state = "admitted"
       longestNew = longest
-      admitted.push({ ticket, cached, fresh })
+      admitted.push({ ticket, cached, fresh, temperature: rowTemperature(ticket.request) })
     }
     const prefilled = await this.#prefillAll(admitted)
     this.#stepDone()
-    return admitted.map(({ ticket, cached, fresh }, i) => {
+    return admitted.map(({ ticket, cached, fresh, temperature }, i) => {
       const { out, newLength, index: b } = prefilled[i]!
       const request = ticket.request
       this.stats.requests += 1
@@ -618,6 +631,7 @@ export class BatchScheduler {
       const row: Row = {
         ticket,
         sampler: makeSampler(request, request.seed),
+        temperature,
         fed: [...request.contextIds],
         next: -1,
         tokenIds: [],
@@ -627,7 +641,7 @@ export class BatchScheduler {
       }
       ticket.state = "running"
       const last = (b * newLength + this.#offset(newLength, fresh.length) + fresh.length - 1) * vocabSize
-      this.#accept(row, out.logits.subarray(last, last + vocabSize))
+      this.#accept(row, out.logits.subarray(last, last + vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize))
       return row
     })
   }
@@ -661,7 +675,7 @@ export class BatchScheduler {
     // The step's inputs live in buffers kept from step to step (the same shapes until the batch is
     // laid out again): a step allocates nothing the size of the batch.
     const io = this.#decodeBuffers(batch, capacity)
-    const { inputIds, positionIds, attentionMask } = io
+    const { inputIds, positionIds, attentionMask, temperatures, sampleColumns } = io
     // Small non-negative int64s written as their low and high 32-bit words: no BigInt per row.
     const ids = io.inputWords
     const positions = io.positionWords
@@ -675,6 +689,7 @@ export class BatchScheduler {
       if (row === undefined) {
         ids[2 * b + LOW] = 0
         positions[2 * b + LOW] = 0
+        temperatures[b] = 1
         // GroupQueryAttention reads a row's length as its mask's sum minus one: a free slot must count one.
         if (this.#right) attentionMask[b * width + capacity] = 1n
         continue
@@ -682,13 +697,14 @@ export class BatchScheduler {
       const n = row.fed.length
       ids[2 * b + LOW] = row.next
       positions[2 * b + LOW] = n
+      temperatures[b] = row.temperature
       const start = this.#right ? 0 : column - n
       attentionMask.fill(1n, b * width + start, b * width + start + n)
       attentionMask[b * width + capacity] = 1n
     }
     const out = await this.#forward("decode", {
       batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
-      pastKeys: this.#keys, pastValues: this.#values
+      pastKeys: this.#keys, pastValues: this.#values, sampleColumns, temperatures
     })
     this.stats.decodeSteps += 1
     this.#stepsSinceAdmission += 1
@@ -720,7 +736,7 @@ export class BatchScheduler {
       if (row === undefined) return
       this.stats.decodeRows += 1
       row.fed.push(row.next)
-      if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), b)) slots[b] = undefined
+      if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize), b)) slots[b] = undefined
     })
     this.#stepDone()
     // Nothing left to decode: the buffer is stale, and the next joiners get a fresh one. Out of room: lay
@@ -730,16 +746,17 @@ export class BatchScheduler {
   }
 
   /**
-   * Samples the row's next token (`slot`: where the row sits in the batch, if it does). If that ends the
-   * turn, caches the row's keys and values under its episode, resolves the request and returns true.
+   * Samples the row's next token from its logits and the sampling head's probabilities (`slot`: where the
+   * row sits in the batch, if it does). If that ends the turn, caches the row's keys and values under its
+   * episode, resolves the request and returns true.
    */
-  #accept(row: Row, logits: Float32Array, slot?: number): boolean {
+  #accept(row: Row, logits: Float32Array, probs: Float32Array, slot?: number): boolean {
     const ticket = row.ticket
     const request = ticket.request
     this.#options.onLogits?.(request.episodeId, logits)
     const replayed = request.replay?.[row.tokenIds.length]
     const sampleStarted = performance.now()
-    const sample = replayed === undefined ? row.sampler(logits) : { token: replayed, logprob: logProbability(logits, replayed) }
+    const sample = replayed === undefined ? row.sampler(logits, probs) : { token: replayed, logprob: tokenLogprob(logits, probs, replayed) }
     this.stats.sampleMs += performance.now() - sampleStarted
     row.tokenIds.push(sample.token)
     row.logprobs.push(sample.logprob)
@@ -919,15 +936,5 @@ const errorText = (cause: unknown): string => (cause instanceof Error ? cause.me
 
 const hasStop = (text: string, stop: ReadonlyArray<string>): boolean => stop.some((s) => s.length > 0 && text.includes(s))
 
-/** log softmax(logits)[token]. */
-export const logProbability = (logits: Float32Array, token: number): number => {
-  const n = logits.length
-  let max = -Infinity
-  for (let i = 0; i < n; i++) {
-    const value = logits[i]!
-    if (value > max) max = value
-  }
-  let sum = 0
-  for (let i = 0; i < n; i++) sum += Math.exp(logits[i]! - max)
-  return logits[token]! - max - Math.log(sum)
-}
+/** The sampling head's temperature for a request: a replay records the model's own log softmax(logits). */
+const rowTemperature = (request: SchedulerRequest): number => (request.replay === undefined ? headTemperature(request) : 1)

@@ -48,11 +48,20 @@ export interface ForwardInputs {
   /** Per layer [batch, kvHeads, pastLength, headDim]; empty arrays when pastLength is 0. */
   readonly pastKeys: ReadonlyArray<Float32Array>
   readonly pastValues: ReadonlyArray<Float32Array>
+  /** [batch]: per row, the column whose logits the sampling head weighs (the last when absent). */
+  readonly sampleColumns?: Int32Array
+  /** [batch]: per row, the temperature the sampling head divides those logits by (1 when absent). */
+  readonly temperatures?: Float32Array
 }
 
 export interface ForwardOutputs {
   /** [batch, sequenceLength, vocab] */
   readonly logits: Float32Array
+  /**
+   * [batch, vocab]: per row, softmax(logits at the row's sample column / the row's temperature), computed
+   * in float32 by the graph's sampling head (see samplingHead).
+   */
+  readonly probs: Float32Array
   /**
    * Per layer [batch, kvHeads, sequenceLength, headDim]: the keys and values of the positions just run,
    * position j of a row being the row's input column j.
@@ -88,6 +97,7 @@ const readShape = (directory: string): ModelShape => {
  * The graph the actor runs. When a graph offers new_key_values.N.* (our exporter's do), the present.N.*
  * outputs, and the nodes only they need, are cut: ONNX Runtime runs every node of a graph whatever is
  * fetched, and copying the whole cache into present every step would cost about as much as the step.
+ * Every graph gets the sampling head (see samplingHead).
  */
 export const actorGraph = (bytes: Uint8Array): Uint8Array => prepareGraph(bytes).graph
 
@@ -107,20 +117,69 @@ export const prepareGraph = (bytes: Uint8Array): PreparedGraph => {
   const layout: CacheLayout = ops.has("GroupQueryAttention") ? "right" : "left"
   const positionLimit = rotaryRows(graph)
   const rowsCoupled = ops.has("DynamicQuantizeLinear")
-  if (graph == null || !(graph.output ?? []).some((o) => o.name === "new_key_values.0.key")) return { graph: bytes, layout, positionLimit, rowsCoupled }
-  const outputs = (graph.output ?? []).filter((o) => !o.name?.startsWith("present."))
-  graph.output = outputs
-  // Remove nodes whose outputs nothing reads, until none is left.
-  let nodes = graph.node ?? []
-  for (let removed = true; removed;) {
-    const needed = new Set<string>(outputs.map((o) => o.name ?? ""))
-    for (const node of nodes) for (const input of node.input ?? []) needed.add(input)
-    const before = nodes.length
-    nodes = nodes.filter((node) => (node.output ?? []).some((output) => needed.has(output)))
-    removed = nodes.length < before
+  if (graph == null) throw new ModelLoadError("the ONNX file holds no graph")
+  if ((graph.output ?? []).some((o) => o.name === "new_key_values.0.key")) {
+    const outputs = (graph.output ?? []).filter((o) => !o.name?.startsWith("present."))
+    graph.output = outputs
+    // Remove nodes whose outputs nothing reads, until none is left.
+    let nodes = graph.node ?? []
+    for (let removed = true; removed;) {
+      const needed = new Set<string>(outputs.map((o) => o.name ?? ""))
+      for (const node of nodes) for (const input of node.input ?? []) needed.add(input)
+      const before = nodes.length
+      nodes = nodes.filter((node) => (node.output ?? []).some((output) => needed.has(output)))
+      removed = nodes.length < before
+    }
+    graph.node = nodes
   }
-  graph.node = nodes
+  samplingHead(graph, Number(model.opsetImport?.find((o) => (o.domain ?? "") === "")?.version ?? 1))
   return { graph: onnxProto.onnx.ModelProto.encode(model).finish(), layout, positionLimit, rowsCoupled }
+}
+
+/** The sampling head's inputs and output (see samplingHead). */
+const SAMPLE_ROWS = "episodic.sample_rows"
+const SAMPLE_TEMPERATURES = "episodic.sample_temperatures"
+const SAMPLE_PROBS = "episodic.sample_probs"
+
+/**
+ * Appends the vocabulary-wide arithmetic of sampling to the graph, where ONNX Runtime's vectorized kernels
+ * do it: for each of `sample_rows` (a row of the logits flattened to [batch * sequence, vocab]), softmax of
+ * that row divided by its `sample_temperatures` entry. A sampler then draws with additions only (no exp per
+ * vocabulary entry in JavaScript) and reads the drawn token's probability off. The row's maximum is
+ * subtracted before dividing, as the float64 definition does: dividing large logits first would round
+ * them at their own magnitude. The head computes each row on its own, so a row's probabilities do not
+ * depend on the rows batched with it.
+ */
+const samplingHead = (graph: onnxProto.onnx.IGraphProto, opset: number): void => {
+  const logits = (graph.output ?? []).find((o) => o.name === "logits")
+  if (logits === undefined) return
+  const { FLOAT, FLOAT16, INT32, INT64 } = onnxProto.onnx.TensorProto.DataType
+  const name = (part: string) => `episodic.sample/${part}`
+  const node = (opType: string, input: Array<string>, output: string, attribute: Array<onnxProto.onnx.IAttributeProto> = []) =>
+    ({ opType, input, output: [output], name: name(opType), attribute })
+  const int = (attribute: string, i: number) => ({ name: attribute, i, type: onnxProto.onnx.AttributeProto.AttributeType.INT })
+  const picked = logits.type?.tensorType?.elemType === FLOAT16 ? name("picked16") : name("picked")
+  const int64s = (part: string, values: Array<bigint>) => ({ name: name(part), dims: [values.length], dataType: INT64, rawData: new Uint8Array(BigInt64Array.from(values).buffer) })
+  graph.initializer = [...(graph.initializer ?? []), int64s("column", [-1n, 1n]), int64s("vocab_axis", [1n])]
+  // ReduceMax takes its axes as an input from opset 18 on, as an attribute before.
+  const reduceMax = opset >= 18
+    ? node("ReduceMax", [name("picked"), name("vocab_axis")], name("max"))
+    : node("ReduceMax", [name("picked")], name("max"), [{ name: "axes", ints: [1], type: onnxProto.onnx.AttributeProto.AttributeType.INTS }])
+  graph.node = [
+    ...(graph.node ?? []),
+    node("Flatten", ["logits"], name("rows"), [int("axis", 2)]),
+    node("Gather", [name("rows"), SAMPLE_ROWS], picked, [int("axis", 0)]),
+    ...(picked === name("picked") ? [] : [node("Cast", [picked], name("picked"), [int("to", FLOAT)])]),
+    reduceMax,
+    node("Sub", [name("picked"), name("max")], name("shifted")),
+    node("Reshape", [SAMPLE_TEMPERATURES, name("column")], name("temperatures")),
+    node("Div", [name("shifted"), name("temperatures")], name("scaled")),
+    node("Softmax", [name("scaled")], SAMPLE_PROBS, [int("axis", 1)])
+  ]
+  const tensor = (input: string, elemType: number, dims: Array<string>) =>
+    ({ name: input, type: { tensorType: { elemType, shape: { dim: dims.map((dimParam) => ({ dimParam })) } } } })
+  graph.input = [...(graph.input ?? []), tensor(SAMPLE_ROWS, INT32, ["sample_count"]), tensor(SAMPLE_TEMPERATURES, FLOAT, ["sample_count"])]
+  graph.output = [...(graph.output ?? []), tensor(SAMPLE_PROBS, FLOAT, ["sample_count", "vocab_size"])]
 }
 
 /**
@@ -162,14 +221,14 @@ export const layoutFor = (bytes: Uint8Array): CacheLayout => prepareGraph(bytes)
 
 /** Which execution provider was asked for, and which runs: CUDA falls back to CPU when it is not installed. */
 const createSession = async (
-  graph: Uint8Array | string,
+  graph: Uint8Array,
   provider: ExecutionProvider,
   threads: number | undefined,
-  /** Where the graph's external data files are (`model.onnx_data`): needed when the graph is given as bytes. */
+  /** Where the graph's external data files are (`model.onnx_data`). */
   folder?: string
 ): Promise<{ session: ort.InferenceSession; provider: ExecutionProvider; fallback?: string }> => {
   const create = (executionProviders: Array<string>) =>
-    ort.InferenceSession.create(graph as Uint8Array, {
+    ort.InferenceSession.create(graph, {
       graphOptimizationLevel: "all",
       ...(threads === undefined ? {} : { intraOpNumThreads: threads, interOpNumThreads: 1 }),
       extra: {
@@ -267,8 +326,8 @@ export class OnnxCausalLM {
     const outputs = created.session.outputNames
     this.#fetchesNewOnly = outputs.includes("new_key_values.0.key")
     this.#fetches = this.#fetchesNewOnly
-      ? ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
-      : ["logits", ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
+      ? ["logits", SAMPLE_PROBS, ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
+      : ["logits", SAMPLE_PROBS, ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
     this.#hasCacheBranch = inputs.includes("use_cache_branch")
@@ -309,8 +368,8 @@ export class OnnxCausalLM {
     if (!existsSync(file)) throw new ModelLoadError(`${file} does not exist: make a model with \`npx episodic model init --out ${directory}\``)
     const bytes = readFileSync(file)
     const { graph, layout: detected, positionLimit, rowsCoupled } = prepareGraph(bytes)
-    // A graph we did not rewrite loads from its path; a rewritten one from bytes, told where its external data files are.
-    const created = await createSession(graph === bytes ? file : graph, options.provider ?? "cpu", options.threads, path.dirname(path.resolve(file)))
+    // The rewritten graph loads from bytes, told where its external data files are.
+    const created = await createSession(graph, options.provider ?? "cpu", options.threads, path.dirname(path.resolve(file)))
     const layout = options.layout ?? detected
     if (layout === "left" && detected === "right") {
       await created.session.release()
@@ -371,6 +430,7 @@ export class OnnxCausalLM {
     const { batch: b, sequenceLength: s, pastLength: p } = inputs
     const { numLayers, kvHeads, headDim, vocabSize } = this.shape
     const logits = new Float32Array(b * s * vocabSize)
+    const probs = new Float32Array(b * vocabSize)
     const newKeys = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
     const newValues = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
     for (let r = 0; r < b; r++) {
@@ -406,9 +466,12 @@ export class OnnxCausalLM {
         positionIds: inputs.positionIds.subarray(r * s + lo, r * s + hi),
         attentionMask: rowMask,
         pastKeys: inputs.pastKeys.map(past),
-        pastValues: inputs.pastValues.map(past)
+        pastValues: inputs.pastValues.map(past),
+        sampleColumns: Int32Array.of(Math.min(Math.max((inputs.sampleColumns?.[r] ?? s - 1) - lo, 0), n - 1)),
+        temperatures: Float32Array.of(inputs.temperatures?.[r] ?? 1)
       })
       logits.set(out.logits, (r * s + lo) * vocabSize)
+      probs.set(out.probs, r * vocabSize)
       for (let layer = 0; layer < numLayers; layer++) {
         for (let h = 0; h < kvHeads; h++) {
           const to = ((r * kvHeads + h) * s + lo) * headDim
@@ -417,7 +480,7 @@ export class OnnxCausalLM {
         }
       }
     }
-    return { logits, newKeys, newValues }
+    return { logits, probs, newKeys, newValues }
   }
 
   async #forwardBatch(inputs: ForwardInputs): Promise<ForwardOutputs> {
@@ -429,6 +492,11 @@ export class OnnxCausalLM {
     }
     if (this.#hasPositionIds) feeds.position_ids = new ort.Tensor("int64", inputs.positionIds, [b, s])
     if (this.#hasCacheBranch) feeds.use_cache_branch = new ort.Tensor("bool", Uint8Array.of(p > 0 ? 1 : 0), [1])
+    // The sampling head's rows of the logits flattened to [b * s, vocab]: row r's sample column.
+    const rows = new Int32Array(b)
+    for (let r = 0; r < b; r++) rows[r] = r * s + (inputs.sampleColumns?.[r] ?? s - 1)
+    feeds[SAMPLE_ROWS] = new ort.Tensor("int32", rows, [b])
+    feeds[SAMPLE_TEMPERATURES] = new ort.Tensor("float32", inputs.temperatures ?? new Float32Array(b).fill(1), [b])
     const cache = (data: Float32Array) =>
       this.#float16
         ? float16Tensor(toFloat16Bits(data), [b, kvHeads, p, headDim])
@@ -458,7 +526,7 @@ export class OnnxCausalLM {
         newValues.push(rowPositions(out[`present.${layer}.value`]!, starts, kvHeads, s, headDim))
       }
     }
-    return { logits: float32("logits"), newKeys, newValues }
+    return { logits: float32("logits"), probs: float32(SAMPLE_PROBS), newKeys, newValues }
   }
 
   async release(): Promise<void> {

@@ -39,85 +39,101 @@ export const keptTokens = (logits: ArrayLike<number>, weights: ArrayLike<number>
 }
 
 /**
- * Weighs a row of logits and, with `pick`, picks its token. Fills `weights[0..n)` with
- * exp((logit - max) / T) (T = temperature, 1 for greedy) and writes to `out`: [token, logprob, max, sum,
- * argmax]. With `pick` false it only weighs (out[0] and out[1] are the argmax's); greedy (temperature 0)
- * picks the argmax; otherwise the token where `draw * sum` falls in the cumulative weights over the whole
- * vocabulary, with its logprob under softmax(logits / T). One pass for the argmax, one for the weights, and
- * the walk: no allocation.
- */
-export function weighAndPick(logits: Float32Array, temperature: number, draw: number, pick: boolean, weights: Float64Array, out: Float64Array): void {
-  const n = logits.length
-  const t = temperature === 0 ? 1 : temperature
-  // The first of the largest logits (argmax).
-  let best = 0
-  let max = logits[0]!
-  for (let i = 1; i < n; i++) {
-    const value = logits[i]!
-    if (value > max) {
-      max = value
-      best = i
-    }
-  }
-  let sum = 0
-  // Dividing by a temperature of 1 changes nothing, so that loop skips it (the same numbers, bit for bit).
-  if (t === 1) {
-    for (let i = 0; i < n; i++) {
-      const weight = Math.exp(logits[i]! - max)
-      weights[i] = weight
-      sum += weight
-    }
-  } else {
-    for (let i = 0; i < n; i++) {
-      const weight = Math.exp((logits[i]! - max) / t)
-      weights[i] = weight
-      sum += weight
-    }
-  }
-  let token = best
-  if (pick && temperature !== 0) {
-    // Inverse CDF over the whole vocabulary.
-    let u = draw * sum
-    for (let i = 0; i < n; i++) {
-      const weight = weights[i]!
-      if (u < weight) {
-        token = i
-        break
-      }
-      u -= weight
-    }
-  }
-  out[0] = token
-  out[1] = (logits[token]! - max) / t - Math.log(sum)
-  out[2] = max
-  out[3] = sum
-  out[4] = best
-}
-
-/**
  * One weights buffer shared by every sampler (a sampler runs start to finish without yielding),
  * so a batch's rows reuse memory already in cache rather than each request keeping its own.
  */
 let shared = new Float64Array(0)
-const picked = new Float64Array(5)
+const weighed = new Float64Array(2)
 
-/** A sampler for one generation request: its random stream is seeded by the request's (episode, turn) seed. */
+/**
+ * Weighs a row of logits in float64: fills `weights[0..n)` with exp((logit - max) / t) and writes [max, sum]
+ * to `out`. No allocation.
+ */
+function weigh(logits: Float32Array, t: number, weights: Float64Array, out: Float64Array): void {
+  const n = logits.length
+  let max = logits[0]!
+  for (let i = 1; i < n; i++) if (logits[i]! > max) max = logits[i]!
+  let sum = 0
+  for (let i = 0; i < n; i++) {
+    const weight = Math.exp((logits[i]! - max) / t)
+    weights[i] = weight
+    sum += weight
+  }
+  out[0] = max
+  out[1] = sum
+}
+
+/** The first of the largest values (argmax). */
+const argmax = (values: Float32Array): number => {
+  let best = 0
+  let max = values[0]!
+  for (let i = 1; i < values.length; i++) {
+    if (values[i]! > max) {
+      max = values[i]!
+      best = i
+    }
+  }
+  return best
+}
+
+/** The smallest positive normal float32: below it a probability has lost precision (or is 0). */
+const NORMAL = 2 ** -126
+
+/**
+ * The model's own log softmax(logits)[token], given `probs` = softmax(logits) from the graph's sampling head
+ * (temperature 1): read off the probabilities when the token's is a normal float32, else computed from the
+ * logits in float64 (a token far out in the tail, as a replayed one can be).
+ */
+export const tokenLogprob = (logits: Float32Array, probs: Float32Array, token: number): number => {
+  const p = probs[token]!
+  if (p >= NORMAL) return Math.log(p)
+  if (shared.length < logits.length) shared = new Float64Array(logits.length)
+  weigh(logits, 1, shared, weighed)
+  return logits[token]! - weighed[0]! - Math.log(weighed[1]!)
+}
+
+/** The temperature the graph's sampling head divides a request's logits by (greedy: 1, the model's own distribution). */
+export const headTemperature = (settings: SamplingSettings): number => (settings.temperature === 0 ? 1 : settings.temperature)
+
+/**
+ * A sampler for one generation request: its random stream is seeded by the request's (episode, turn) seed.
+ * It takes a row of logits and `probs`, softmax(logits / headTemperature) from the graph's sampling head.
+ * Greedy takes the logits' argmax; temperature sampling walks the cumulative probabilities (additions only);
+ * top-k / top-p weigh the logits here, in float64.
+ */
 export const makeSampler = (settings: SamplingSettings, seed: number) => {
   const random = mulberry32(seed)
   const truncates = settings.topK > 0 || settings.topP < 1
-  const t = settings.temperature === 0 ? 1 : settings.temperature
-  return (logits: Float32Array): Sample => {
-    if (shared.length < logits.length) shared = new Float64Array(logits.length)
-    const weights = shared
-    if (!truncates) {
-      weighAndPick(logits, settings.temperature, settings.temperature === 0 ? 0 : random(), true, weights, picked)
-      return { token: picked[0]!, logprob: picked[1]! }
+  const t = headTemperature(settings)
+  return (logits: Float32Array, probs: Float32Array): Sample => {
+    const n = logits.length
+    if (settings.temperature === 0) {
+      const token = argmax(logits)
+      return { token, logprob: tokenLogprob(logits, probs, token) }
     }
-    weighAndPick(logits, settings.temperature, 0, false, weights, picked)
-    const max = picked[2]!
-    const sum = picked[3]!
-    const best = picked[4]!
-    if (settings.temperature === 0) return { token: best, logprob: (logits[best]! - max) / t - Math.log(sum) }
+    if (!truncates) {
+      // Inverse CDF over the whole vocabulary, under probs renormalised by their float64 sum.
+      let sum = 0
+      for (let i = 0; i < n; i++) sum += probs[i]!
+      let u = random() * sum
+      let token = -1
+      for (let i = 0; i < n; i++) {
+        const p = probs[i]!
+        if (u < p) {
+          token = i
+          break
+        }
+        u -= p
+      }
+      // Rounding left the draw past the last weight: the likeliest token.
+      if (token < 0) token = argmax(probs)
+      return { token, logprob: Math.log(probs[token]! / sum) }
+    }
+    if (shared.length < n) shared = new Float64Array(n)
+    const weights = shared
+    weigh(logits, t, weights, weighed)
+    const max = weighed[0]!
+    const sum = weighed[1]!
     const kept = keptTokens(logits, weights, sum, settings.topK, settings.topP)
     let mass = 0
     for (const token of kept) mass += weights[token]!
