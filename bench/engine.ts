@@ -13,6 +13,12 @@
  *
  *    `ENGINE_LIVE=100000 ENGINE_HEAP_ONLY=1 npm run bench -- engine` shows 100,000 live episodes in one
  *    process, stopping the run once the heap is measured.
+ * 3. More cores: the concurrency-64 workload on 0 (this thread), 1 and 2 engine worker threads
+ *    (EngineOptions.workers), the scripted policy answering on this thread as the inference actor would. Each
+ *    engine plays a warm-up run first (workers start, JIT), then the fastest of three runs by wall time gives
+ *    turns/s; with it, this thread's CPU per turn (what one main thread would have to do for every worker)
+ *    and every thread's. The policy's own share of this thread (decoding each turn's context, encoding the
+ *    answer: a model's actor would do its own on its own thread) is measured by replaying it on the records.
  *
  * Costs per turn are CPU time, not wall time: on a shared machine wall time also counts other work.
  */
@@ -185,6 +191,80 @@ const liveRun = async (tokenizer: ChatTokenizer) => {
   return { ...result, cpuSeconds: result.cpuSeconds - heap.gcCpuSeconds, heap }
 }
 
+/** One run on worker threads (or this thread): wall time, this thread's CPU time, every thread's. */
+interface OnWorkers extends Timed {
+  readonly mainCpuSeconds: number
+}
+
+const workerCounts = [0, 1, 2] as const
+
+/** The concurrency-64 workload on `count` engine workers: a warm-up run, then the fastest of `rounds` by wall time. */
+const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<{ best: OnWorkers; records: ReadonlyArray<Trajectory.Trajectory> }> =>
+  Effect.gen(function*() {
+    const engine = yield* Engine
+    const once = Effect.gen(function*() {
+      const wall = performance.now()
+      const main = process.threadCpuUsage()
+      const all = process.cpuUsage()
+      const records: Array<Trajectory.Trajectory> = []
+      yield* engine.run(Stream.fromIterable(gridQuest.rows!({ seed: 0, count: episodes, config: {} }))).pipe(
+        Stream.runForEach((trajectory) =>
+          Effect.sync(() => {
+            JSON.stringify(Trajectory.encode(trajectory))
+            records.push(trajectory)
+          })
+        )
+      )
+      const mainUsed = process.threadCpuUsage(main)
+      const allUsed = process.cpuUsage(all)
+      const timed: OnWorkers = {
+        seconds: (performance.now() - wall) / 1000,
+        cpuSeconds: (allUsed.user + allUsed.system) / 1e6,
+        mainCpuSeconds: (mainUsed.user + mainUsed.system) / 1e6,
+        turns: records.reduce((sum, t) => sum + t.numTurns, 0)
+      }
+      return { timed, records }
+    })
+    const { records } = yield* once
+    const runs: Array<OnWorkers> = []
+    for (let round = 0; round < rounds; round++) runs.push((yield* once).timed)
+    return { best: runs.reduce((best, r) => (r.turns / r.seconds > best.turns / best.seconds ? r : best)), records }
+  }).pipe(
+    Effect.provide(
+      Engine.layer({
+        environments: EnvironmentRegistry.builtins(),
+        concurrency: 64,
+        samplesPerRow: 1,
+        limits: { maxTurns: 12, maxResponseTokens: 2048, maxNewTokens: 16, timeoutMs: 3_600_000 },
+        sampling: SamplingParams.greedy,
+        envCallTimeoutMs: 3_600_000,
+        seed: 0,
+        bufferCapacity: 64,
+        workers: count === 0 ? undefined : { count }
+      }).pipe(
+        Layer.provideMerge(TextPolicy.layer(({ context }) => solver(context))),
+        Layer.provideMerge(Layer.succeed(Tokenizer, tokenizer))
+      )
+    ),
+    Effect.runPromise
+  )
+
+/** This thread's CPU µs per turn for the scripted policy's own work: decode each turn's context, encode the answer. */
+const policyUsPerTurn = (tokenizer: ChatTokenizer, records: ReadonlyArray<Trajectory.Trajectory>): number => {
+  const start = process.threadCpuUsage()
+  let turns = 0
+  for (const record of records) {
+    for (const turn of record.turns) {
+      if (turn.role !== "assistant") continue
+      const context = tokenizer.decode([...record.promptIds, ...record.responseIds.slice(0, turn.tokenStart)], { skipSpecialTokens: false })
+      tokenizer.encode(solver(context))
+      turns++
+    }
+  }
+  const used = process.threadCpuUsage(start)
+  return (used.user + used.system) / turns
+}
+
 /** CPU µs per turn. */
 const perTurn = (r: Timed) => (1e6 * r.cpuSeconds) / r.turns
 const fastest = (runs: ReadonlyArray<Timed>) => runs.reduce((best, r) => (perTurn(r) < perTurn(best) ? r : best))
@@ -202,6 +282,13 @@ export default async () => {
   const direct = fastest(directs)
   const concurrent = fastest(engines)
   const live = await liveRun(tokenizer)
+  const onWorkers: Array<OnWorkers> = []
+  let policyUs = 0
+  for (const count of workerCounts) {
+    const { best, records } = await workersRun(tokenizer, count)
+    onWorkers.push(best)
+    if (count === 0) policyUs = policyUsPerTurn(tokenizer, records)
+  }
 
   console.log("| how | episodes | turns | wall s | turns/s | CPU µs per turn |")
   console.log("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -214,6 +301,14 @@ export default async () => {
     console.log(`| ${how} | ${count} | ${r.turns} | ${r.seconds.toFixed(2)} | ${(r.turns / r.seconds).toFixed(0)} | ${perTurn(r).toFixed(0)} |`)
   }
   console.log(`${live.heap.live} live episodes: ${(live.heap.bytes / 2 ** 20).toFixed(0)} MiB of heap, ${(live.heap.bytes / live.heap.live / 1024).toFixed(1)} KiB each`)
+  console.log("")
+  console.log("| engine workers (concurrency 64) | turns | wall s | turns/s | main thread CPU µs per turn | all threads CPU µs per turn |")
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: |")
+  workerCounts.forEach((count, index) => {
+    const r = onWorkers[index]!
+    console.log(`| ${count === 0 ? "none (this thread)" : count} | ${r.turns} | ${r.seconds.toFixed(2)} | ${(r.turns / r.seconds).toFixed(0)} | ${(1e6 * r.mainCpuSeconds / r.turns).toFixed(0)} | ${perTurn(r).toFixed(0)} |`)
+  })
+  console.log(`the scripted policy's own work on the main thread: ${policyUs.toFixed(0)} µs per turn`)
   console.log(JSON.stringify({
     bench: "engine",
     episodes,
@@ -229,6 +324,15 @@ export default async () => {
     live_turns_per_second: heapOnly ? null : Math.round(live.turns / live.seconds),
     live_us_per_turn: heapOnly ? null : Math.round(perTurn(live)),
     live_engine_overhead_us_per_turn: heapOnly ? null : Math.round(perTurn(live) - perTurn(direct)),
-    heap_bytes_per_live_episode: Math.round(live.heap.bytes / live.heap.live)
+    heap_bytes_per_live_episode: Math.round(live.heap.bytes / live.heap.live),
+    ...Object.fromEntries(workerCounts.flatMap((count, index) => {
+      const r = onWorkers[index]!
+      return [
+        [`workers_${count}_turns_per_second`, Math.round(r.turns / r.seconds)],
+        [`workers_${count}_main_us_per_turn`, Math.round(1e6 * r.mainCpuSeconds / r.turns)],
+        [`workers_${count}_cpu_us_per_turn`, Math.round(perTurn(r))]
+      ]
+    })),
+    policy_main_us_per_turn: Math.round(policyUs)
   }))
 }
