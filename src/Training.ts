@@ -173,7 +173,7 @@ export const train = (input: TrainingInput) =>
         )
       }).pipe(Effect.provide(demoEngine))
       const sft = yield* ask("warm start failed", () =>
-        trainer.sft(demonstrations, { steps: warmStart.steps, batchSize: warmStart.batchSize, learningRate: warmStart.learningRate }))
+        trainer.sft(demonstrations, { steps: warmStart.steps, batchSize: warmStart.batchSize, learningRate: warmStart.learningRate, seed: experiment.seed }))
       yield* sync()
       warmstartSeconds = (performance.now() - started) / 1000
       if (experiment.evaluation !== undefined) {

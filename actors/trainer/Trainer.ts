@@ -154,6 +154,19 @@ const chainsOf = (t: Trajectory): Array<Trajectory> => [t, ...(t.sequences ?? []
 const samplesOf = (trajectories: ReadonlyArray<Trajectory>): Array<Sample> =>
   trajectories.flatMap((t, i) => (usable(t) ? chainsOf(t).filter((c) => c.responseMask.some((m) => m === 1)).map((c) => sampleOf(c, i)) : []))
 
+/** Ids in numeric order where they hold numbers ("demo-10-0" after "demo-9-0"), so the order reads naturally. */
+const compareIds = (a: string, b: string): number => a.localeCompare(b, "en", { numeric: true })
+
+/** A Fisher-Yates shuffle of a copy. */
+const shuffled = <A>(items: ReadonlyArray<A>, random: () => number): Array<A> => {
+  const out = [...items]
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[out[i], out[j]] = [out[j]!, out[i]!]
+  }
+  return out
+}
+
 /** The sampled trajectories' indices, each once. */
 const trajectoryIndices = (samples: ReadonlyArray<Sample>): Array<number> => [...new Set(samples.map((s) => s.index))]
 
@@ -506,14 +519,19 @@ export class Trainer {
 
   /**
    * Supervised fine-tuning on demonstrations: `steps` optimizer steps of the mask-weighted negative
-   * log-likelihood over the generated tokens, cycling through the trajectories in minibatches.
+   * log-likelihood over the generated tokens, in minibatches drawn epoch by epoch from a shuffle.
+   *
+   * The demonstrations are put in the order of their ids first and shuffled with `seed`: an engine hands
+   * records over in the order they finished, which varies with the machine's timing, and minibatches
+   * taken in that order made the same warm start's held-out success swing between 0.2 and 0.5.
    */
   sft(
     trajectories: ReadonlyArray<Trajectory>,
-    options: { readonly steps: number; readonly batchSize?: number; readonly learningRate?: number }
+    options: { readonly steps: number; readonly batchSize?: number; readonly learningRate?: number; readonly seed?: number }
   ): SftMetrics {
     const started = performance.now()
-    const samples = samplesOf(trajectories)
+    const byId = trajectories.map((t, i) => ({ t, i })).sort((a, b) => compareIds(a.t.id, b.t.id) || a.i - b.i).map(({ t }) => t)
+    const samples = samplesOf(byId)
     if (samples.length === 0) throw new Error("sft: no demonstration has a generated token")
     const batchSize = options.batchSize ?? 32
     // Its own AdamW (a short warmup, then constant): the RL updates after it start with fresh moments, as
@@ -524,10 +542,14 @@ export class Trainer {
     })
     let loss = 0
     let tokens = 0
-    let cursor = 0
+    const random = mulberry32(options.seed ?? 0)
+    let order: Array<Sample> = []
     for (let step = 0; step < options.steps; step++) {
       const minibatch: Array<Sample> = []
-      for (let i = 0; i < Math.min(batchSize, samples.length); i++) minibatch.push(samples[cursor++ % samples.length]!)
+      for (let i = 0; i < Math.min(batchSize, samples.length); i++) {
+        if (order.length === 0) order = shuffled(samples, random)
+        minibatch.push(order.pop()!)
+      }
       const count = minibatch.reduce((n, s) => n + s.scored.length, 0)
       tokens += count
       let grads: Map<string, tf.Tensor> | undefined

@@ -23,6 +23,8 @@ export interface SftOptions {
   readonly steps: number
   readonly batchSize?: number | undefined
   readonly learningRate?: number | undefined
+  /** Seeds the shuffle of the demonstrations (the experiment's seed). */
+  readonly seed?: number | undefined
 }
 
 export type CheckpointState = Omit<Checkpoint.TrainerState, "optimizerStep">
