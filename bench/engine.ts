@@ -17,8 +17,8 @@
  *    (EngineOptions.workers), the scripted policy answering on this thread as the inference actor would. Each
  *    engine plays a warm-up run first (workers start, JIT), then the fastest of three runs by wall time gives
  *    turns/s; with it, this thread's CPU per turn (what one main thread would have to do for every worker)
- *    and every thread's. The policy's own share of this thread (decoding each turn's context, encoding the
- *    answer: a model's actor would do its own on its own thread) is measured by replaying it on the records.
+ *    and every thread's, and the policy's own share of this thread (decoding each turn's context, encoding
+ *    the answer: a model's actor would do that on its own thread), timed inside the policy's tokenizer calls.
  *
  * Costs per turn are CPU time, not wall time: on a shared machine wall time also counts other work.
  */
@@ -191,18 +191,43 @@ const liveRun = async (tokenizer: ChatTokenizer) => {
   return { ...result, cpuSeconds: result.cpuSeconds - heap.gcCpuSeconds, heap }
 }
 
-/** One run on worker threads (or this thread): wall time, this thread's CPU time, every thread's. */
+/** One run on worker threads (or this thread): wall time, this thread's CPU time, every thread's, the policy's. */
 interface OnWorkers extends Timed {
   readonly mainCpuSeconds: number
+  readonly policyCpuSeconds: number
+}
+
+/** This thread's CPU seconds spent in `f`. */
+const threadSeconds = (f: () => void): number => {
+  const start = process.threadCpuUsage()
+  f()
+  const used = process.threadCpuUsage(start)
+  return (used.user + used.system) / 1e6
 }
 
 const workerCounts = [0, 1, 2] as const
 
 /** The concurrency-64 workload on `count` engine workers: a warm-up run, then the fastest of `rounds` by wall time. */
-const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<{ best: OnWorkers; records: ReadonlyArray<Trajectory.Trajectory> }> =>
-  Effect.gen(function*() {
+const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<OnWorkers> => {
+  // The policy's own tokenizer, timed: its decode and encode are the policy's work on this thread.
+  let policyCpuSeconds = 0
+  const policyTokenizer: ChatTokenizer = {
+    ...tokenizer,
+    decode: (ids, options) => {
+      let text = ""
+      policyCpuSeconds += threadSeconds(() => (text = tokenizer.decode(ids, options)))
+      return text
+    },
+    encode: (text) => {
+      let ids: Array<number> = []
+      policyCpuSeconds += threadSeconds(() => (ids = tokenizer.encode(text)))
+      return ids
+    }
+  }
+  return Effect.gen(function*() {
     const engine = yield* Engine
     const once = Effect.gen(function*() {
+      policyCpuSeconds = 0
       const wall = performance.now()
       const main = process.threadCpuUsage()
       const all = process.cpuUsage()
@@ -221,14 +246,15 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<{ best: On
         seconds: (performance.now() - wall) / 1000,
         cpuSeconds: (allUsed.user + allUsed.system) / 1e6,
         mainCpuSeconds: (mainUsed.user + mainUsed.system) / 1e6,
+        policyCpuSeconds,
         turns: records.reduce((sum, t) => sum + t.numTurns, 0)
       }
-      return { timed, records }
+      return timed
     })
-    const { records } = yield* once
+    yield* once
     const runs: Array<OnWorkers> = []
-    for (let round = 0; round < rounds; round++) runs.push((yield* once).timed)
-    return { best: runs.reduce((best, r) => (r.turns / r.seconds > best.turns / best.seconds ? r : best)), records }
+    for (let round = 0; round < rounds; round++) runs.push(yield* once)
+    return runs.reduce((best, r) => (r.turns / r.seconds > best.turns / best.seconds ? r : best))
   }).pipe(
     Effect.provide(
       Engine.layer({
@@ -242,27 +268,12 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<{ best: On
         bufferCapacity: 64,
         workers: count === 0 ? undefined : { count }
       }).pipe(
-        Layer.provideMerge(TextPolicy.layer(({ context }) => solver(context))),
+        Layer.provideMerge(TextPolicy.layer(({ context }) => solver(context)).pipe(Layer.provide(Layer.succeed(Tokenizer, policyTokenizer)))),
         Layer.provideMerge(Layer.succeed(Tokenizer, tokenizer))
       )
     ),
     Effect.runPromise
   )
-
-/** This thread's CPU µs per turn for the scripted policy's own work: decode each turn's context, encode the answer. */
-const policyUsPerTurn = (tokenizer: ChatTokenizer, records: ReadonlyArray<Trajectory.Trajectory>): number => {
-  const start = process.threadCpuUsage()
-  let turns = 0
-  for (const record of records) {
-    for (const turn of record.turns) {
-      if (turn.role !== "assistant") continue
-      const context = tokenizer.decode([...record.promptIds, ...record.responseIds.slice(0, turn.tokenStart)], { skipSpecialTokens: false })
-      tokenizer.encode(solver(context))
-      turns++
-    }
-  }
-  const used = process.threadCpuUsage(start)
-  return (used.user + used.system) / turns
 }
 
 /** CPU µs per turn. */
@@ -283,12 +294,7 @@ export default async () => {
   const concurrent = fastest(engines)
   const live = await liveRun(tokenizer)
   const onWorkers: Array<OnWorkers> = []
-  let policyUs = 0
-  for (const count of workerCounts) {
-    const { best, records } = await workersRun(tokenizer, count)
-    onWorkers.push(best)
-    if (count === 0) policyUs = policyUsPerTurn(tokenizer, records)
-  }
+  for (const count of workerCounts) onWorkers.push(await workersRun(tokenizer, count))
 
   console.log("| how | episodes | turns | wall s | turns/s | CPU µs per turn |")
   console.log("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -302,13 +308,13 @@ export default async () => {
   }
   console.log(`${live.heap.live} live episodes: ${(live.heap.bytes / 2 ** 20).toFixed(0)} MiB of heap, ${(live.heap.bytes / live.heap.live / 1024).toFixed(1)} KiB each`)
   console.log("")
-  console.log("| engine workers (concurrency 64) | turns | wall s | turns/s | main thread CPU µs per turn | all threads CPU µs per turn |")
-  console.log("| --- | ---: | ---: | ---: | ---: | ---: |")
+  console.log("| engine workers (concurrency 64) | turns | wall s | turns/s | main thread CPU µs per turn | of which the policy's | all threads CPU µs per turn |")
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
   workerCounts.forEach((count, index) => {
     const r = onWorkers[index]!
-    console.log(`| ${count === 0 ? "none (this thread)" : count} | ${r.turns} | ${r.seconds.toFixed(2)} | ${(r.turns / r.seconds).toFixed(0)} | ${(1e6 * r.mainCpuSeconds / r.turns).toFixed(0)} | ${perTurn(r).toFixed(0)} |`)
+    const us = (seconds: number) => (1e6 * seconds / r.turns).toFixed(0)
+    console.log(`| ${count === 0 ? "none (this thread)" : count} | ${r.turns} | ${r.seconds.toFixed(2)} | ${(r.turns / r.seconds).toFixed(0)} | ${us(r.mainCpuSeconds)} | ${us(r.policyCpuSeconds)} | ${perTurn(r).toFixed(0)} |`)
   })
-  console.log(`the scripted policy's own work on the main thread: ${policyUs.toFixed(0)} µs per turn`)
   console.log(JSON.stringify({
     bench: "engine",
     episodes,
@@ -330,9 +336,9 @@ export default async () => {
       return [
         [`workers_${count}_turns_per_second`, Math.round(r.turns / r.seconds)],
         [`workers_${count}_main_us_per_turn`, Math.round(1e6 * r.mainCpuSeconds / r.turns)],
+        [`workers_${count}_policy_us_per_turn`, Math.round(1e6 * r.policyCpuSeconds / r.turns)],
         [`workers_${count}_cpu_us_per_turn`, Math.round(perTurn(r))]
       ]
-    })),
-    policy_main_us_per_turn: Math.round(policyUs)
+    }))
   }))
 }
