@@ -103,7 +103,7 @@ export interface EngineWorkers {
   }
 }
 
-/** Starts `count` workers for as long as the scope lasts. */
+/** Starts `workers.count` worker threads, for as long as the scope lasts. */
 export const make = Effect.fnUntraced(function*(options: {
   readonly workers: WorkersOptions
   readonly concurrency: number
