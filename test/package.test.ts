@@ -217,6 +217,10 @@ describe("episodic installed from its tarball into a new project", () => {
         succeeds(ran, "npx episodic run my-experiment.ts")
         expect(ran.stdout).toMatch(/done: 6 episodes/)
         expect(records(path.join(project, "runs", name, "trajectories.jsonl"))).toHaveLength(6)
+        // The same episodes on a worker thread: the package's compiled worker entry, its tokenizer from the project.
+        const onWorker = await sh("npx", ["episodic", "run", "my-experiment.ts", "--name", `${name}-workers`, "--workers", "1"], project, node.bin)
+        succeeds(onWorker, "npx episodic run my-experiment.ts --workers 1")
+        expect(onWorker.stdout).toMatch(/done: 6 episodes/)
         // The default experiment (compiled in the package) trains: shrunk to one update of 2 prompts x 8 samples.
         const trained = await sh("npx", [
           "episodic", "run", "--name", `default-node${node.name}`, "--episodes", "16", "--set", "trainer.promptsPerUpdate=2",
