@@ -7,10 +7,14 @@
  * Prefix reuse: when a sequence leaves, its keys and values go to the KvCacheStore under its episode id,
  * so the episode's next turn prefills only the tokens that are new to the model.
  *
- * Layout: the decode batch keeps every row's keys and values in actor-owned buffers, left-padded to end at
- * a common column, with free columns after it; each step writes one new column. A prefill batch pads each
- * row's cached part and new part separately, so real positions may have a gap in the middle; the attention
- * mask says which positions are real and position ids are passed explicitly.
+ * Layout: the decode batch keeps every row's keys and values in actor-owned buffers, ending at a common
+ * column; each step writes one new column, the one after it. That column goes round the buffer as a ring: a
+ * row's columns may wrap from the buffer's end to its start, and the batch is laid out again only when a row
+ * would fill the whole ring. Attention does not depend on the order of the key columns beyond rounding
+ * (each key carries its position, and the decode step's query comes after every column), so only the mask
+ * follows the wrap. (Not for graphs whose rows run one forward pass each: see `#ring`.)
+ * A prefill batch pads each row's cached part and new part separately, so real positions may have a gap in
+ * the middle; the attention mask says which positions are real and position ids are passed explicitly.
  *
  * Right layout (the model's `layout`, for GroupQueryAttention graphs): every row's keys and values start at
  * column 0 instead, so each row's cache is a left-aligned prefix, and each decode step writes a row's new
@@ -192,7 +196,29 @@ const grown = (buffer: ArrayBuffer | undefined, floats: number): ArrayBuffer =>
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
   prefix.length <= of.length && prefix.every((token, i) => of[i] === token)
 
-/** Columns of free room the batch gets beyond its longest row: it grows by one column per decode step. */
+/** A logical column's place in a ring of `capacity` columns. */
+const ringColumn = (column: number, capacity: number): number => ((column % capacity) + capacity) % capacity
+
+/**
+ * Copies `count` columns of head_dim numbers from `source` (from index `from`) into the ring of `capacity`
+ * columns that starts at column `base` of `ring`, from logical column `start` on: in two pieces when they wrap.
+ */
+const toRing = (ring: Float32Array, base: number, capacity: number, start: number, count: number, source: Float32Array, from: number, headDim: number): void => {
+  const first = ringColumn(start, capacity)
+  const head = Math.min(count, capacity - first)
+  ring.set(source.subarray(from, from + head * headDim), (base + first) * headDim)
+  if (head < count) ring.set(source.subarray(from + head * headDim, from + count * headDim), base * headDim)
+}
+
+/** Copies `count` columns out of a ring (see toRing), in logical order, into `target` from index `to`. */
+const fromRing = (ring: Float32Array, base: number, capacity: number, start: number, count: number, target: Float32Array, to: number, headDim: number): void => {
+  const first = ringColumn(start, capacity)
+  const head = Math.min(count, capacity - first)
+  target.set(ring.subarray((base + first) * headDim, (base + first + head) * headDim), to)
+  if (head < count) target.set(ring.subarray(base * headDim, (base + count - head) * headDim), to + head * headDim)
+}
+
+/** Columns of free room the batch gets beyond its longest row when laid out: rows grow by one column per decode step. */
 const HEADROOM = 32
 
 export class BatchScheduler {
@@ -206,13 +232,21 @@ export class BatchScheduler {
   /**
    * The decode batch's slots. A running row keeps its slot until its turn ends; a free slot (undefined)
    * waits for the next joiner. Keys and values live in actor-owned buffers of per layer
-   * [slots, kvHeads, capacity, headDim]: every row is left-padded to end at column `#length`, and each
-   * decode step writes the new position's key and value at that column, so `#length < #capacity` holds
+   * [slots, kvHeads, capacity, headDim]: every row ends at the logical column `#length` (a row of n takes
+   * columns #length - n .. #length - 1, each modulo the capacity), and each decode step writes the new
+   * position's key and value at column `#length % #capacity`, so every row is shorter than `#capacity`
    * before every step. A step copies one column, and rows joining or leaving copy only themselves.
    */
   #slots: Array<Row | undefined> = []
-  /** Rows start at column 0 (right layout) rather than ending at `#length` (left). */
+  /** Rows start at column 0 and end at their own length (right layout) rather than ending at `#length` (left). */
   readonly #right: boolean
+  /**
+   * The left layout's columns go round as a ring. Not in the right layout, whose rows must start at column 0,
+   * nor where rows run one forward pass each: those pass a row's columns in buffer order, and a graph that
+   * quantizes its activations, or counts positions by column, would see a wrapped row differently. Without
+   * the ring `#length < #capacity` holds before every step, and the batch is laid out again when it fills.
+   */
+  readonly #ring: boolean
   #keys: Array<Float32Array> = []
   #values: Array<Float32Array> = []
   #length = 0
@@ -222,6 +256,12 @@ export class BatchScheduler {
   #spare: ArrayBuffer | undefined
   /** The memory of a prefill's past, kept between prefills. */
   #pastScratch: ArrayBuffer | undefined
+  /**
+   * Cache entries' memory given back once their episode's next turn has copied them into the batch: the
+   * next entries reuse it instead of allocating (a fresh buffer costs its page faults and, later, its
+   * collection, several times the copy itself).
+   */
+  #entryMemory: Array<ArrayBuffer> = []
   /** The decode step's buffers for the current layout's shape. */
   #decodeIo: DecodeBuffers | undefined
   /** Decode steps since requests were last admitted. */
@@ -243,6 +283,7 @@ export class BatchScheduler {
   constructor(model: OnnxCausalLM, options: SchedulerOptions) {
     this.#model = model
     this.#right = model.layout === "right"
+    this.#ring = !this.#right && model.rowsAlone === undefined
     this.#options = options
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
     this.#cache = new KvCacheStore(options.cacheBudgetBytes)
@@ -431,6 +472,7 @@ export class BatchScheduler {
     this.#layoutBuffer = undefined
     this.#spare = undefined
     this.#pastScratch = undefined
+    this.#entryMemory = []
     this.#slots = []
     this.#keys = []
     this.#values = []
@@ -552,15 +594,14 @@ export class BatchScheduler {
     const pastLength = Math.max(0, ...items.map((item) => item.cached?.tokens.length ?? 0))
     const total = pastLength + newLength
     const copyStarted = performance.now()
-    // The past is read only during the forward pass: it lives in scratch buffers kept between prefills,
-    // zeroed where no row's cache lands.
+    // The past is read only during the forward pass: it lives in scratch buffers kept between prefills.
+    // What a previous prefill left where no row's cache lands stays: those columns are masked, and every
+    // number there is a finite key or value (attention weighs a masked key by exactly 0).
     const pastSize = batch * kvHeads * pastLength * headDim
     this.#pastScratch = grown(this.#pastScratch, 2 * numLayers * pastSize)
     const scratch = this.#pastScratch
     const pastKeys = Array.from({ length: numLayers }, (_, layer) => new Float32Array(scratch, 2 * layer * pastSize * 4, pastSize))
     const pastValues = Array.from({ length: numLayers }, (_, layer) => new Float32Array(scratch, (2 * layer + 1) * pastSize * 4, pastSize))
-    // Filled as bytes: a memset, where a Float32Array's fill goes number by number.
-    if (pastSize > 0) new Uint8Array(scratch, 0, 2 * numLayers * pastSize * 4).fill(0)
     const inputIds = new BigInt64Array(batch * newLength)
     const positionIds = new BigInt64Array(batch * newLength)
     const attentionMask = new BigInt64Array(batch * total)
@@ -607,6 +648,7 @@ export class BatchScheduler {
       // The cache serves only when it is a strict prefix (at least one token must run to give logits) and
       // was computed by the weights now loaded.
       if (cached !== undefined && !(cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context))) {
+        this.#release(cached)
         cached = undefined
       }
       const fresh = context.slice(cached?.tokens.length ?? 0)
@@ -669,9 +711,11 @@ export class BatchScheduler {
     const slots = this.#slots
     const batch = slots.length
     const capacity = this.#capacity
-    const column = this.#length
-    // The layout keeps a free column for this step; writing past it would corrupt the next head's keys.
-    if (column >= capacity) throw new SchedulerError(`the decode batch is full (column ${column} of ${capacity}): a layout bug`)
+    const end = this.#length
+    const column = end % capacity
+    // The layout keeps a free column for this step; writing past it would corrupt the next head's keys (right
+    // layout) or the row's own oldest column (left).
+    if (!this.#ring && end >= capacity) throw new SchedulerError(`the decode batch is full (column ${end} of ${capacity}): a layout bug`)
     // The step's inputs live in buffers kept from step to step (the same shapes until the batch is
     // laid out again): a step allocates nothing the size of the batch.
     const io = this.#decodeBuffers(batch, capacity)
@@ -695,11 +739,14 @@ export class BatchScheduler {
         continue
       }
       const n = row.fed.length
+      if (n >= capacity) throw new SchedulerError(`a row of ${n} in a decode batch of ${capacity} columns: a layout bug`)
       ids[2 * b + LOW] = row.next
       positions[2 * b + LOW] = n
       temperatures[b] = row.temperature
-      const start = this.#right ? 0 : column - n
-      attentionMask.fill(1n, b * width + start, b * width + start + n)
+      const start = ringColumn(this.#rowStart(n), capacity)
+      const head = Math.min(n, capacity - start)
+      attentionMask.fill(1n, b * width + start, b * width + start + head)
+      if (head < n) attentionMask.fill(1n, b * width, b * width + n - head)
       attentionMask[b * width + capacity] = 1n
     }
     const out = await this.#forward("decode", {
@@ -730,7 +777,7 @@ export class BatchScheduler {
         }
       }
     }
-    this.#length = column + 1
+    this.#length = end + 1
     this.stats.copyMs += performance.now() - started
     slots.forEach((row, b) => {
       if (row === undefined) return
@@ -742,7 +789,7 @@ export class BatchScheduler {
     // Nothing left to decode: the buffer is stale, and the next joiners get a fresh one. Out of room: lay
     // the batch out again with fresh headroom.
     if (this.#live().length === 0) this.#clearBatch()
-    else if (this.#length >= this.#capacity) this.#rebuild([])
+    else if (this.#full()) this.#rebuild([])
   }
 
   /**
@@ -778,6 +825,8 @@ export class BatchScheduler {
     }
     this.#settle(ticket, { tokenIds: row.tokenIds, logprobs: row.logprobs, finishReason, policyVersion: row.versions[0]!, policyVersions: row.versions })
     row.next = -1
+    // A row that ends at its prefill never reaches the batch: its cached part is read no more.
+    this.#release(row.pending?.cached)
     row.pending = undefined
     return true
   }
@@ -798,23 +847,25 @@ export class BatchScheduler {
     const { numLayers, kvHeads, headDim } = this.#model.shape
     const n = row.fed.length
     const size = kvHeads * n * headDim
-    // One allocation for the whole entry: per layer keys then values.
-    const memory = new ArrayBuffer(2 * numLayers * size * 4)
+    // One buffer for the whole entry: per layer keys then values.
+    const memory = this.#entryBuffer(2 * numLayers * size * 4)
     const copy = (sources: ReadonlyArray<Float32Array>, part: number) =>
       Array.from({ length: numLayers }, (_, layer) => {
         const out = new Float32Array(memory, (2 * layer + part) * size * 4, size)
-        for (let h = 0; h < kvHeads; h++) {
-          const from = ((slot * kvHeads + h) * this.#capacity + this.#rowStart(n)) * headDim
-          out.set(sources[layer]!.subarray(from, from + n * headDim), h * n * headDim)
-        }
+        for (let h = 0; h < kvHeads; h++) fromRing(sources[layer]!, (slot * kvHeads + h) * this.#capacity, this.#capacity, this.#rowStart(n), n, out, h * n * headDim, headDim)
         return out
       })
     return { tokens: row.fed, version: this.#version, keys: copy(this.#keys, 0), values: copy(this.#values, 1) }
   }
 
-  /** The column where a row of `n` positions starts in the decode batch. */
+  /** The logical column where a row of `n` positions starts in the decode batch (left layout: modulo the capacity). */
   #rowStart(n: number, end = this.#length): number {
     return this.#right ? 0 : end - n
+  }
+
+  /** No free column for the next decode step: a row fills the whole ring, or (no ring) the end has reached the buffer's. */
+  #full(): boolean {
+    return this.#ring ? this.#slots.some((row) => row !== undefined && row.fed.length >= this.#capacity) : this.#length >= this.#capacity
   }
 
   /** Puts rows that joined (and have not already finished) into free slots, copying only their keys and values. */
@@ -823,9 +874,11 @@ export class BatchScheduler {
     if (rows.length === 0) return
     const free = this.#slots.flatMap((row, b) => (row === undefined ? [b] : []))
     const longest = Math.max(...rows.map((row) => row.fed.length))
-    // A fresh layout when no row runs (the buffer is stale), when there is no free slot, when a joiner is
-    // longer than the batch, or when the batch has no free column left for the next step.
-    if (this.#live().length === 0 || free.length < rows.length || longest > this.#length || this.#length >= this.#capacity) {
+    // A fresh layout when no row runs (the buffer is stale), when there is no free slot, when a joiner does
+    // not fit (it would fill the ring; with no ring, it is longer than the batch), or when the batch has no
+    // free column left for the next step.
+    const fits = this.#ring ? longest < this.#capacity : longest <= this.#length
+    if (this.#live().length === 0 || free.length < rows.length || !fits || this.#full()) {
       this.#rebuild(rows)
       return
     }
@@ -834,42 +887,75 @@ export class BatchScheduler {
     this.stats.copyMs += performance.now() - started
   }
 
-  /** Copies a waiting row's keys and values into `slot` of the given buffers, ending at column `end`. */
+  /** Copies a waiting row's keys and values into `slot` of the given buffers, ending at logical column `end`. */
   #write(row: Row, slot: number, keys: Array<Float32Array>, values: Array<Float32Array>, capacity: number, end: number): void {
     const { numLayers, kvHeads } = this.#model.shape
     for (let layer = 0; layer < numLayers; layer++) {
       for (let h = 0; h < kvHeads; h++) {
-        const to = (slot * kvHeads + h) * capacity + this.#rowStart(row.fed.length, end)
-        this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, to)
+        this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, (slot * kvHeads + h) * capacity, capacity, this.#rowStart(row.fed.length, end))
       }
     }
+    this.#release(row.pending!.cached)
     row.pending = undefined
     this.#slots[slot] = row
+  }
+
+  /**
+   * Memory for a cache entry of `bytes`: a given-back buffer that holds it with at most 128 positions to
+   * spare, else a new one with room for 64 to 96 more. The buffers given back are those of entries the
+   * running turns were admitted with, and the entries asked for are a turn longer: the room lets them fit.
+   */
+  #entryBuffer(bytes: number): ArrayBuffer {
+    const { numLayers, kvHeads, headDim } = this.#model.shape
+    const position = 2 * numLayers * kvHeads * headDim * 4
+    const pool = this.#entryMemory
+    for (let i = 0; i < pool.length; i++) {
+      const memory = pool[i]!
+      if (memory.byteLength >= bytes && memory.byteLength <= bytes + 128 * position) {
+        pool[i] = pool.at(-1)!
+        pool.pop()
+        return memory
+      }
+    }
+    return new ArrayBuffer((Math.ceil(bytes / (32 * position)) + 2) * 32 * position)
+  }
+
+  /** Gives a cache entry's memory back once nothing reads it (its keys and values are in the batch, or in a newer entry). */
+  #release(entry: CachedSequence | undefined): void {
+    if (entry === undefined) return
+    // Room for one turn's worth of entries; past that, the oldest go to the collector.
+    if (this.#entryMemory.length >= this.#options.maxBatchSize) this.#entryMemory.shift()
+    this.#entryMemory.push(entry.keys[0]!.buffer as ArrayBuffer)
   }
 
   /** A waiting row's keys and values as a cache entry: per layer [kvHeads, fed, headDim]. */
   #compactPending(row: Row): CachedSequence {
     const { numLayers, kvHeads, headDim } = this.#model.shape
     const n = row.fed.length
-    const keys = Array.from({ length: numLayers }, () => new Float32Array(kvHeads * n * headDim))
-    const values = Array.from({ length: numLayers }, () => new Float32Array(kvHeads * n * headDim))
+    const size = kvHeads * n * headDim
+    const memory = this.#entryBuffer(2 * numLayers * size * 4)
+    const keys = Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, 2 * layer * size * 4, size))
+    const values = Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, (2 * layer + 1) * size * 4, size))
     for (let layer = 0; layer < numLayers; layer++) {
-      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * n)
+      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * n, n, 0)
     }
     return { tokens: row.fed, version: this.#version, keys, values }
   }
 
-  /** Copies one head of one layer of a prefilled row (cached part, then new part) to position `to` (in head_dim units). */
-  #copyPending(source: Prefilled, layer: number, h: number, keys: Float32Array, values: Float32Array, to: number): void {
+  /**
+   * Copies one head of one layer of a prefilled row (cached part, then new part) into the ring of `capacity`
+   * columns that starts at column `base` (in head_dim units), from logical column `start` on.
+   */
+  #copyPending(source: Prefilled, layer: number, h: number, keys: Float32Array, values: Float32Array, base: number, capacity: number, start: number): void {
     const { kvHeads, headDim } = this.#model.shape
     const past = source.cached?.tokens.length ?? 0
     if (source.cached !== undefined) {
-      keys.set(source.cached.keys[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
-      values.set(source.cached.values[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to * headDim)
+      toRing(keys, base, capacity, start, past, source.cached.keys[layer]!, h * past * headDim, headDim)
+      toRing(values, base, capacity, start, past, source.cached.values[layer]!, h * past * headDim, headDim)
     }
     const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
-    keys.set(source.newKeys[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
-    values.set(source.newValues[layer]!.subarray(from, from + source.fresh * headDim), (to + past) * headDim)
+    toRing(keys, base, capacity, start + past, source.fresh, source.newKeys[layer]!, from, headDim)
+    toRing(values, base, capacity, start + past, source.fresh, source.newValues[layer]!, from, headDim)
   }
 
   /**
@@ -880,7 +966,7 @@ export class BatchScheduler {
     const live = this.#live()
     if (live.length === 0) return this.#clearBatch()
     const longest = Math.max(...live.map((row) => row.fed.length))
-    const tooLong = this.#length > longest + 2 * HEADROOM
+    const tooLong = (this.#ring ? this.#capacity : this.#length) > longest + 2 * HEADROOM
     const tooWide = this.#waiting.length === 0 && live.length <= this.#slots.length / 2
     if (tooLong || tooWide) this.#rebuild([])
   }
@@ -913,10 +999,10 @@ export class BatchScheduler {
       const n = row.fed.length
       for (let layer = 0; layer < numLayers; layer++) {
         for (let h = 0; h < kvHeads; h++) {
-          const from = ((slot * kvHeads + h) * this.#capacity + this.#rowStart(n)) * headDim
+          const from = (slot * kvHeads + h) * this.#capacity
           const to = ((b * kvHeads + h) * capacity + this.#rowStart(n, length)) * headDim
-          keys[layer]!.set(this.#keys[layer]!.subarray(from, from + n * headDim), to)
-          values[layer]!.set(this.#values[layer]!.subarray(from, from + n * headDim), to)
+          fromRing(this.#keys[layer]!, from, this.#capacity, this.#rowStart(n), n, keys[layer]!, to, headDim)
+          fromRing(this.#values[layer]!, from, this.#capacity, this.#rowStart(n), n, values[layer]!, to, headDim)
         }
       }
     })

@@ -15,8 +15,12 @@ export interface CachedSequence {
   readonly values: ReadonlyArray<Float32Array>
 }
 
-const bytesOf = (entry: CachedSequence): number =>
-  entry.keys.reduce((sum, k) => sum + k.byteLength, 0) + entry.values.reduce((sum, v) => sum + v.byteLength, 0)
+/** The memory an entry holds: its buffers' bytes (one buffer may hold all its keys and values, with room to spare). */
+const bytesOf = (entry: CachedSequence): number => {
+  let sum = 0
+  for (const buffer of new Set([...entry.keys, ...entry.values].map((array) => array.buffer))) sum += buffer.byteLength
+  return sum
+}
 
 export class KvCacheStore {
   // A Map iterates in insertion order: re-inserting on use keeps the least recently used first.
