@@ -8,6 +8,7 @@ import { Cause, Deferred, Effect, Layer } from "effect"
 import { RpcClient, RpcServer, RpcWorker } from "effect/rpc"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
+import { MessagePort } from "node:worker_threads"
 import { EngineWorkerError, EpisodeRpcs, InferenceRpcs, untraced, WorkerSettings } from "./EngineWorkers.ts"
 import type { EnvironmentDefinition } from "./Environment.ts"
 import { EnvironmentRegistry } from "./environments/registry.ts"
@@ -17,7 +18,6 @@ import { InferenceError } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import { clientProtocol } from "./MessagePortRpc.ts"
 import { load, Tokenizer } from "./Tokenizer.ts"
-import { MessagePort } from "node:worker_threads"
 
 /** The built-in environments and the module's (an experiment file's default export has `environments`). */
 const registryOf = (module: string | undefined) =>
