@@ -6,6 +6,7 @@ export { AgentGateway } from "./AgentGateway.ts"
 export * as Dataset from "./Dataset.ts"
 export type { DatasetRow } from "./DatasetRow.ts"
 export { Engine, type EngineOptions, EngineOptionsError } from "./Engine.ts"
+export { EngineWorkerError, type WorkersOptions } from "./EngineWorkers.ts"
 export {
   define as defineEnvironment,
   type Environment,
