@@ -20,9 +20,15 @@
  *    and every thread's, and the policy's own share of this thread (decoding each turn's context, encoding
  *    the answer: a model's actor would do that on its own thread), timed inside the policy's tokenizer calls.
  *
+ * 4. The machine alone: the episode machine's XState actors driven by events only (no Effect, no tokenizer, no
+ *    environment), 64 interleaved as in the engine, with the concurrency-64 run's turns per episode and
+ *    token counts per turn: the part of the engine's overhead that is XState's own transitions.
+ *
  * Costs per turn are CPU time, not wall time: on a shared machine wall time also counts other work.
  */
 import { Deferred, Effect, Layer, Stream } from "effect"
+import { createActor } from "xstate"
+import { episodeMachine } from "../machines/episode.ts"
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { Engine } from "../src/Engine.ts"
@@ -276,6 +282,37 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<OnWorkers>
   )
 }
 
+/**
+ * The episode machine alone: `count` episodes of `turnsPerEpisode` turns, 64 actors interleaved round-robin as
+ * the engine interleaves them, each turn two events (GENERATE_DONE, INTERACT_DONE) carrying arrays of the
+ * workload's sizes. What XState's transitions cost per turn, with nothing else around them.
+ */
+const machineOnly = (count: number, turnsPerEpisode: number, tokensPerTurn: number): Timed => {
+  const limits = { maxTurns: turnsPerEpisode, maxResponseTokens: 1_000_000, maxNewTokens: 64, timeoutMs: 3_600_000 }
+  const promptIds = Array.from({ length: 150 }, (_, i) => i)
+  const observationIds = Array.from({ length: tokensPerTurn }, (_, i) => i)
+  const generated = { tokenIds: observationIds.slice(0, 4), logprobs: [0, 0, 0, 0], text: "up", policyVersion: 0 }
+  let turns = 0
+  const stop = timer()
+  for (let start = 0; start < count; start += 64) {
+    const actors = Array.from({ length: Math.min(64, count - start) }, (_, i) =>
+      createActor(episodeMachine, { input: { id: `m${start + i}`, groupId: "g", interaction: "grid-quest", seed: i, limits } }).start())
+    for (const actor of actors) actor.send({ type: "RESET_DONE", output: { messages: [{ role: "user", content: "start" }], promptIds: promptIds.slice() } })
+    for (let turn = 0; turn < turnsPerEpisode; turn++) {
+      for (const actor of actors) {
+        actor.send({ type: "GENERATE_DONE", output: generated })
+        actor.send({ type: "INTERACT_DONE", output: { observation: "You are at", role: "user", reward: 0, done: false, observationIds } })
+        turns++
+      }
+    }
+    for (const actor of actors) {
+      if (actor.getSnapshot().status !== "done") throw new Error("the machine-only episode did not end")
+      actor.stop()
+    }
+  }
+  return stop(turns)
+}
+
 /** CPU µs per turn. */
 const perTurn = (r: Timed) => (1e6 * r.cpuSeconds) / r.turns
 const fastest = (runs: ReadonlyArray<Timed>) => runs.reduce((best, r) => (perTurn(r) < perTurn(best) ? r : best))
@@ -293,6 +330,11 @@ export default async () => {
   const direct = fastest(directs)
   const concurrent = fastest(engines)
   const live = await liveRun(tokenizer)
+  // The concurrency-64 run's shape: turns per episode, and environment tokens per turn (about a third of a
+  // turn's response tokens are the policy's on grid-quest; the machine only copies what it is given).
+  const turnsPerEpisode = Math.max(1, Math.round(concurrent.turns / episodes))
+  machineOnly(episodes, turnsPerEpisode, 30) // warm-up
+  const machine = fastest([0, 1, 2].map(() => machineOnly(episodes, turnsPerEpisode, 30)))
   const onWorkers: Array<OnWorkers> = []
   for (const count of workerCounts) onWorkers.push(await workersRun(tokenizer, count))
 
@@ -306,6 +348,7 @@ export default async () => {
   for (const [how, count, r] of rowsOut) {
     console.log(`| ${how} | ${count} | ${r.turns} | ${r.seconds.toFixed(2)} | ${(r.turns / r.seconds).toFixed(0)} | ${perTurn(r).toFixed(0)} |`)
   }
+  console.log(`| episode machine alone, XState actors, 64 interleaved (fastest of 3) | ${episodes} | ${machine.turns} | ${machine.seconds.toFixed(2)} | ${(machine.turns / machine.seconds).toFixed(0)} | ${perTurn(machine).toFixed(0)} |`)
   console.log(`${live.heap.live} live episodes: ${(live.heap.bytes / 2 ** 20).toFixed(0)} MiB of heap, ${(live.heap.bytes / live.heap.live / 1024).toFixed(1)} KiB each`)
   console.log("")
   console.log("| engine workers (concurrency 64) | turns | wall s | turns/s | main thread CPU µs per turn | of which the policy's | all threads CPU µs per turn |")
@@ -324,6 +367,7 @@ export default async () => {
     engine_overhead_us_per_turn: Math.round(perTurn(concurrent) - perTurn(direct)),
     engine_vs_direct_time_ratio: Number((perTurn(concurrent) / perTurn(direct)).toFixed(2)),
     engine_turns_per_second: Math.round(concurrent.turns / concurrent.seconds),
+    machine_us_per_turn: Math.round(perTurn(machine)),
     live_episodes: live.heap.live,
     // A run stopped once its heap was measured played only first turns: no figure per turn.
     live_turns: heapOnly ? null : live.turns,
