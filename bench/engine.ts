@@ -5,11 +5,14 @@
  * one episode at a time with no machinery. Both run in this process, on the same seeds, in the same run.
  *
  * 1. Concurrency 64: the loop and the engine alternate three times and each keeps its fastest round, so a
- *    burst of other work on a shared machine does not land on one side only.
+ *    burst of other work on a shared machine does not land on one side only. A second hand-written loop
+ *    runs the same episodes 64 at once (plain async loops): interleaving costs any program something, and
+ *    `engine_overhead_vs_loop64_us_per_turn` is what the engine adds beyond it.
  * 2. Live episodes: ENGINE_LIVE (default 10,000) episodes at once, each environment step taking 1 s, so that
  *    they are alive together. CPU time per turn against the loop's gives the overhead at that scale; the
  *    heap after a full GC once every episode has started, less the heap before, per live episode, gives
- *    the memory.
+ *    the memory. The hand-written loop plays the same live episodes as plain async loops, for
+ *    `live_engine_overhead_vs_live_loop_us_per_turn`.
  *
  *    `ENGINE_LIVE=100000 ENGINE_HEAP_ONLY=1 npm run bench -- engine` shows 100,000 live episodes in one
  *    process, stopping the run once the heap is measured.
@@ -32,6 +35,7 @@ import { episodeMachine } from "../machines/episode.ts"
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { Engine } from "../src/Engine.ts"
+import type { DatasetRow } from "../src/DatasetRow.ts"
 import type { EnvironmentDefinition } from "../src/Environment.ts"
 import { gridQuest, solveGridQuest } from "../src/environments/gridQuest.ts"
 import { EnvironmentRegistry } from "../src/environments/registry.ts"
@@ -73,27 +77,55 @@ const timer = () => {
   }
 }
 
-/** The same work without the engine: render, encode, step, append deltas, decode. */
+/** One episode without the engine: render, encode, step, append deltas, decode. Returns its turns. */
+const playByHand = async (tokenizer: ChatTokenizer, definition: EnvironmentDefinition, row: DatasetRow, signal: AbortSignal): Promise<number> => {
+  const environment = definition.make({})
+  const reset = await environment.reset({ seed: row.extra_info.seed!, row, signal })
+  const messages = [{ role: "system" as const, content: reset.systemPrompt! }, { role: "user" as const, content: reset.observation as string }]
+  const ids = tokenizer.renderPrompt(messages)
+  let turns = 0
+  for (let done = false; !done;) {
+    const action = solver(tokenizer.decode(ids, { skipSpecialTokens: false }))
+    const actionIds = [...tokenizer.encode(action), tokenizer.stopTokenIds[0]!]
+    ids.push(...actionIds)
+    const step = await environment.step(tokenizer.decode(actionIds), { signal })
+    turns++
+    done = step.done
+    if (!done) ids.push(...tokenizer.appendMessage({ role: "user", content: step.observation }, actionIds))
+  }
+  return turns
+}
+
+/** The same work without the engine, one episode at a time. */
 const directLoop = async (tokenizer: ChatTokenizer): Promise<Timed> => {
   const rows = gridQuest.rows!({ seed: 0, count: episodes, config: {} })
   const signal = new AbortController().signal
   let turns = 0
   const stop = timer()
-  for (const row of rows) {
-    const environment = gridQuest.make({})
-    const reset = await environment.reset({ seed: row.extra_info.seed!, row, signal })
-    const messages = [{ role: "system" as const, content: reset.systemPrompt! }, { role: "user" as const, content: reset.observation as string }]
-    const ids = tokenizer.renderPrompt(messages)
-    for (let done = false; !done;) {
-      const action = solver(tokenizer.decode(ids, { skipSpecialTokens: false }))
-      const actionIds = [...tokenizer.encode(action), tokenizer.stopTokenIds[0]!]
-      ids.push(...actionIds)
-      const step = await environment.step(tokenizer.decode(actionIds), { signal })
-      turns++
-      done = step.done
-      if (!done) ids.push(...tokenizer.appendMessage({ role: "user", content: step.observation }, actionIds))
+  for (const row of rows) turns += await playByHand(tokenizer, gridQuest, row, signal)
+  return stop(turns)
+}
+
+/**
+ * The same hand-written episodes, `concurrency` at once on this event loop (async loops taking the next row):
+ * what interleaving episodes costs any program, engine or not (their state outlives the young generation, the
+ * caches hold one episode's data less often), so that the engine is measured against a loop that pays it too.
+ */
+const concurrentLoop = async (
+  tokenizer: ChatTokenizer,
+  options: { readonly concurrency: number; readonly count: number; readonly definition?: EnvironmentDefinition }
+): Promise<Timed> => {
+  const rows = gridQuest.rows!({ seed: 0, count: options.count, config: {} })
+  const signal = new AbortController().signal
+  let turns = 0
+  let next = 0
+  const stop = timer()
+  await Promise.all(Array.from({ length: options.concurrency }, async () => {
+    while (next < rows.length) {
+      const played = await playByHand(tokenizer, options.definition ?? gridQuest, rows[next++]!, signal)
+      turns += played
     }
-  }
+  }))
   return stop(turns)
 }
 
@@ -321,15 +353,20 @@ export default async () => {
   const tokenizer = await load(tokenizerDir)
   await directLoop(tokenizer) // warm-up: JIT and tokenizer caches
   await engineRun(tokenizer, { concurrency: 64, count: episodes })
+  await concurrentLoop(tokenizer, { concurrency: 64, count: episodes })
   const directs: Array<Timed> = []
+  const loops64: Array<Timed> = []
   const engines: Array<Timed> = []
   for (let round = 0; round < rounds; round++) {
     directs.push(await directLoop(tokenizer))
+    loops64.push(await concurrentLoop(tokenizer, { concurrency: 64, count: episodes }))
     engines.push(await engineRun(tokenizer, { concurrency: 64, count: episodes }))
   }
   const direct = fastest(directs)
+  const loop64 = fastest(loops64)
   const concurrent = fastest(engines)
   const live = await liveRun(tokenizer)
+  const liveLoop = heapOnly ? undefined : await concurrentLoop(tokenizer, { concurrency: liveEpisodes, count: liveEpisodes, definition: slowGridQuest(liveEpisodes, () => {}) })
   // The concurrency-64 run's shape: turns per episode, and environment tokens per turn (about a third of a
   // turn's response tokens are the policy's on grid-quest; the machine only copies what it is given).
   const turnsPerEpisode = Math.max(1, Math.round(concurrent.turns / episodes))
@@ -341,8 +378,10 @@ export default async () => {
   console.log("| how | episodes | turns | wall s | turns/s | CPU µs per turn |")
   console.log("| --- | ---: | ---: | ---: | ---: | ---: |")
   const rowsOut = [
-    ["hand-written loop (fastest of 3)", episodes, direct],
+    ["hand-written loop, one episode at a time (fastest of 3)", episodes, direct],
+    ["hand-written loop, 64 at once (fastest of 3)", episodes, loop64],
     ["engine, concurrency 64 (fastest of 3)", episodes, concurrent],
+    ...(liveLoop === undefined ? [] : [[`hand-written loop, ${liveEpisodes} at once, 1 s steps`, liveEpisodes, liveLoop] as const]),
     ...(heapOnly ? [] : [[`engine, ${liveEpisodes} at once, 1 s steps`, liveEpisodes, live] as const])
   ] as const
   for (const [how, count, r] of rowsOut) {
@@ -366,6 +405,9 @@ export default async () => {
     engine_us_per_turn: Math.round(perTurn(concurrent)),
     engine_overhead_us_per_turn: Math.round(perTurn(concurrent) - perTurn(direct)),
     engine_vs_direct_time_ratio: Number((perTurn(concurrent) / perTurn(direct)).toFixed(2)),
+    // Against the hand-written loop at the engine's own concurrency: what the engine adds to interleaving.
+    loop64_us_per_turn: Math.round(perTurn(loop64)),
+    engine_overhead_vs_loop64_us_per_turn: Math.round(perTurn(concurrent) - perTurn(loop64)),
     engine_turns_per_second: Math.round(concurrent.turns / concurrent.seconds),
     machine_us_per_turn: Math.round(perTurn(machine)),
     live_episodes: live.heap.live,
@@ -374,6 +416,8 @@ export default async () => {
     live_turns_per_second: heapOnly ? null : Math.round(live.turns / live.seconds),
     live_us_per_turn: heapOnly ? null : Math.round(perTurn(live)),
     live_engine_overhead_us_per_turn: heapOnly ? null : Math.round(perTurn(live) - perTurn(direct)),
+    live_loop_us_per_turn: liveLoop === undefined ? null : Math.round(perTurn(liveLoop)),
+    live_engine_overhead_vs_live_loop_us_per_turn: liveLoop === undefined ? null : Math.round(perTurn(live) - perTurn(liveLoop)),
     heap_bytes_per_live_episode: Math.round(live.heap.bytes / live.heap.live),
     ...Object.fromEntries(workerCounts.flatMap((count, index) => {
       const r = onWorkers[index]!
