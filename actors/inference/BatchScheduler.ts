@@ -142,6 +142,8 @@ interface Row {
   readonly versions: Array<number>
   /** Where `fed`'s keys and values are while the row waits for a slot; undefined once it sits in the batch. */
   pending: Prefilled | undefined
+  /** The cache entry the turn was admitted with: the turn's end appends to it (see #extract). */
+  readonly entry: CachedSequence | undefined
 }
 
 /** A prefilled row's keys and values: its cached part, then its new positions in the prefill's outputs. */
@@ -256,12 +258,6 @@ export class BatchScheduler {
   #spare: ArrayBuffer | undefined
   /** The memory of a prefill's past, kept between prefills. */
   #pastScratch: ArrayBuffer | undefined
-  /**
-   * Cache entries' memory given back once their episode's next turn has copied them into the batch: the
-   * next entries reuse it instead of allocating (a fresh buffer costs its page faults and, later, its
-   * collection, several times the copy itself).
-   */
-  #entryMemory: Array<ArrayBuffer> = []
   /** The decode step's buffers for the current layout's shape. */
   #decodeIo: DecodeBuffers | undefined
   /** Decode steps since requests were last admitted. */
@@ -472,7 +468,6 @@ export class BatchScheduler {
     this.#layoutBuffer = undefined
     this.#spare = undefined
     this.#pastScratch = undefined
-    this.#entryMemory = []
     this.#slots = []
     this.#keys = []
     this.#values = []
@@ -613,8 +608,9 @@ export class BatchScheduler {
         for (let layer = 0; layer < numLayers; layer++) {
           for (let h = 0; h < kvHeads; h++) {
             const to = ((b * kvHeads + h) * pastLength + (this.#right ? 0 : pastLength - past)) * headDim
-            pastKeys[layer]!.set(cached.keys[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to)
-            pastValues[layer]!.set(cached.values[layer]!.subarray(h * past * headDim, (h + 1) * past * headDim), to)
+            const from = h * cached.stride * headDim
+            pastKeys[layer]!.set(cached.keys[layer]!.subarray(from, from + past * headDim), to)
+            pastValues[layer]!.set(cached.values[layer]!.subarray(from, from + past * headDim), to)
           }
         }
       }
@@ -648,7 +644,6 @@ export class BatchScheduler {
       // The cache serves only when it is a strict prefix (at least one token must run to give logits) and
       // was computed by the weights now loaded.
       if (cached !== undefined && !(cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context))) {
-        this.#release(cached)
         cached = undefined
       }
       const fresh = context.slice(cached?.tokens.length ?? 0)
@@ -679,6 +674,7 @@ export class BatchScheduler {
         tokenIds: [],
         logprobs: [],
         versions: [],
+        entry: cached,
         pending: { cached, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: fresh.length, offset: this.#offset(newLength, fresh.length) }
       }
       ticket.state = "running"
@@ -825,8 +821,6 @@ export class BatchScheduler {
     }
     this.#settle(ticket, { tokenIds: row.tokenIds, logprobs: row.logprobs, finishReason, policyVersion: row.versions[0]!, policyVersions: row.versions })
     row.next = -1
-    // A row that ends at its prefill never reaches the batch: its cached part is read no more.
-    this.#release(row.pending?.cached)
     row.pending = undefined
     return true
   }
@@ -842,20 +836,27 @@ export class BatchScheduler {
     return undefined
   }
 
-  /** The keys and values of the row in `slot`, compact: per layer [kvHeads, fed, headDim]. */
+  /**
+   * The keys and values of the row in `slot` as a cache entry. The entry the turn was admitted with already
+   * holds the row's first positions, computed by the same weights: when it has room, only the turn's new
+   * positions are copied into it (about a tenth of the context per turn here); else the whole row goes
+   * into a new entry.
+   */
   #extract(row: Row, slot: number): CachedSequence {
     const { numLayers, kvHeads, headDim } = this.#model.shape
     const n = row.fed.length
-    const size = kvHeads * n * headDim
-    // One buffer for the whole entry: per layer keys then values.
-    const memory = this.#entryBuffer(2 * numLayers * size * 4)
-    const copy = (sources: ReadonlyArray<Float32Array>, part: number) =>
-      Array.from({ length: numLayers }, (_, layer) => {
-        const out = new Float32Array(memory, (2 * layer + part) * size * 4, size)
-        for (let h = 0; h < kvHeads; h++) fromRing(sources[layer]!, (slot * kvHeads + h) * this.#capacity, this.#capacity, this.#rowStart(n), n, out, h * n * headDim, headDim)
-        return out
-      })
-    return { tokens: row.fed, version: this.#version, keys: copy(this.#keys, 0), values: copy(this.#values, 1) }
+    const kept = row.entry
+    const entry = kept !== undefined && kept.version === this.#version && kept.stride >= n ? kept : this.#newEntry(n)
+    const from = entry === kept ? kept.tokens.length : 0
+    const { stride } = entry
+    for (let layer = 0; layer < numLayers; layer++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const base = (slot * kvHeads + h) * this.#capacity
+        fromRing(this.#keys[layer]!, base, this.#capacity, this.#rowStart(n) + from, n - from, entry.keys[layer]!, (h * stride + from) * headDim, headDim)
+        fromRing(this.#values[layer]!, base, this.#capacity, this.#rowStart(n) + from, n - from, entry.values[layer]!, (h * stride + from) * headDim, headDim)
+      }
+    }
+    return { tokens: row.fed, version: this.#version, stride, keys: entry.keys, values: entry.values }
   }
 
   /** The logical column where a row of `n` positions starts in the decode batch (left layout: modulo the capacity). */
@@ -895,51 +896,35 @@ export class BatchScheduler {
         this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, (slot * kvHeads + h) * capacity, capacity, this.#rowStart(row.fed.length, end))
       }
     }
-    this.#release(row.pending!.cached)
     row.pending = undefined
     this.#slots[slot] = row
   }
 
   /**
-   * Memory for a cache entry of `bytes`: a given-back buffer that holds it with at most 128 positions to
-   * spare, else a new one with room for 64 to 96 more. The buffers given back are those of entries the
-   * running turns were admitted with, and the entries asked for are a turn longer: the room lets them fit.
+   * An empty cache entry for `n` positions, with room for more: per layer keys then values, each
+   * [kvHeads, stride, headDim], in one buffer. The room lets the episode's next turns append their keys and
+   * values to it rather than copy the whole context out again (see #extract).
    */
-  #entryBuffer(bytes: number): ArrayBuffer {
+  #newEntry(n: number): Pick<CachedSequence, "stride" | "keys" | "values"> {
     const { numLayers, kvHeads, headDim } = this.#model.shape
-    const position = 2 * numLayers * kvHeads * headDim * 4
-    const pool = this.#entryMemory
-    for (let i = 0; i < pool.length; i++) {
-      const memory = pool[i]!
-      if (memory.byteLength >= bytes && memory.byteLength <= bytes + 128 * position) {
-        pool[i] = pool.at(-1)!
-        pool.pop()
-        return memory
-      }
+    const stride = n + Math.max(64, n >> 1)
+    const size = kvHeads * stride * headDim
+    const memory = new ArrayBuffer(2 * numLayers * size * 4)
+    return {
+      stride,
+      keys: Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, 2 * layer * size * 4, size)),
+      values: Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, (2 * layer + 1) * size * 4, size))
     }
-    return new ArrayBuffer((Math.ceil(bytes / (32 * position)) + 2) * 32 * position)
   }
 
-  /** Gives a cache entry's memory back once nothing reads it (its keys and values are in the batch, or in a newer entry). */
-  #release(entry: CachedSequence | undefined): void {
-    if (entry === undefined) return
-    // Room for one turn's worth of entries; past that, the oldest go to the collector.
-    if (this.#entryMemory.length >= this.#options.maxBatchSize) this.#entryMemory.shift()
-    this.#entryMemory.push(entry.keys[0]!.buffer as ArrayBuffer)
-  }
-
-  /** A waiting row's keys and values as a cache entry: per layer [kvHeads, fed, headDim]. */
+  /** A waiting row's keys and values as a cache entry. */
   #compactPending(row: Row): CachedSequence {
-    const { numLayers, kvHeads, headDim } = this.#model.shape
-    const n = row.fed.length
-    const size = kvHeads * n * headDim
-    const memory = this.#entryBuffer(2 * numLayers * size * 4)
-    const keys = Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, 2 * layer * size * 4, size))
-    const values = Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, (2 * layer + 1) * size * 4, size))
+    const { numLayers, kvHeads } = this.#model.shape
+    const { stride, keys, values } = this.#newEntry(row.fed.length)
     for (let layer = 0; layer < numLayers; layer++) {
-      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * n, n, 0)
+      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * stride, stride, 0)
     }
-    return { tokens: row.fed, version: this.#version, keys, values }
+    return { tokens: row.fed, version: this.#version, stride, keys, values }
   }
 
   /**
@@ -950,8 +935,8 @@ export class BatchScheduler {
     const { kvHeads, headDim } = this.#model.shape
     const past = source.cached?.tokens.length ?? 0
     if (source.cached !== undefined) {
-      toRing(keys, base, capacity, start, past, source.cached.keys[layer]!, h * past * headDim, headDim)
-      toRing(values, base, capacity, start, past, source.cached.values[layer]!, h * past * headDim, headDim)
+      toRing(keys, base, capacity, start, past, source.cached.keys[layer]!, h * source.cached.stride * headDim, headDim)
+      toRing(values, base, capacity, start, past, source.cached.values[layer]!, h * source.cached.stride * headDim, headDim)
     }
     const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
     toRing(keys, base, capacity, start + past, source.fresh, source.newKeys[layer]!, from, headDim)

@@ -1,6 +1,6 @@
 /**
  * Episodes' KV caches kept between turns, so that turn k prefills only its new tokens. Each entry holds the
- * tokens whose keys and values it stores, per layer as [kv_heads, length, head_dim], and the policy version
+ * tokens whose keys and values it stores, per layer as [kv_heads, stride, head_dim], and the policy version
  * of the weights that computed them: keys from other weights are worthless to a query, so the scheduler
  * empties the store when weights change. Under a byte budget the least recently used entries go first; an
  * evicted episode is simply prefilled from scratch next time.
@@ -10,7 +10,12 @@ export interface CachedSequence {
   readonly tokens: ReadonlyArray<number>
   /** The policy version whose weights computed these keys and values. */
   readonly version: number
-  /** Per layer: keys then values, each [kv_heads, tokens.length, head_dim]. */
+  /**
+   * Columns per head in `keys` and `values` (at least tokens.length): room for the episode's next turns to
+   * append their positions without copying the context again.
+   */
+  readonly stride: number
+  /** Per layer: keys then values, each [kv_heads, stride, head_dim], the first tokens.length columns of each head real. */
   readonly keys: ReadonlyArray<Float32Array>
   readonly values: ReadonlyArray<Float32Array>
 }
