@@ -77,8 +77,13 @@ const timer = () => {
   }
 }
 
-/** One episode without the engine: render, encode, step, append deltas, decode. Returns its turns. */
-const playByHand = async (tokenizer: ChatTokenizer, definition: EnvironmentDefinition, row: DatasetRow, signal: AbortSignal): Promise<number> => {
+/**
+ * One episode without the engine: render, encode, step, append deltas, decode. Returns its turns. The episode
+ * has a signal of its own, as the engine's calls do: one signal shared by 10,000 live episodes would collect
+ * an abort listener per step (the slow environment listens) and make every addEventListener slower.
+ */
+const playByHand = async (tokenizer: ChatTokenizer, definition: EnvironmentDefinition, row: DatasetRow): Promise<number> => {
+  const signal = new AbortController().signal
   const environment = definition.make({})
   const reset = await environment.reset({ seed: row.extra_info.seed!, row, signal })
   const messages = [{ role: "system" as const, content: reset.systemPrompt! }, { role: "user" as const, content: reset.observation as string }]
@@ -99,10 +104,9 @@ const playByHand = async (tokenizer: ChatTokenizer, definition: EnvironmentDefin
 /** The same work without the engine, one episode at a time. */
 const directLoop = async (tokenizer: ChatTokenizer): Promise<Timed> => {
   const rows = gridQuest.rows!({ seed: 0, count: episodes, config: {} })
-  const signal = new AbortController().signal
   let turns = 0
   const stop = timer()
-  for (const row of rows) turns += await playByHand(tokenizer, gridQuest, row, signal)
+  for (const row of rows) turns += await playByHand(tokenizer, gridQuest, row)
   return stop(turns)
 }
 
@@ -116,13 +120,12 @@ const concurrentLoop = async (
   options: { readonly concurrency: number; readonly count: number; readonly definition?: EnvironmentDefinition }
 ): Promise<Timed> => {
   const rows = gridQuest.rows!({ seed: 0, count: options.count, config: {} })
-  const signal = new AbortController().signal
   let turns = 0
   let next = 0
   const stop = timer()
   await Promise.all(Array.from({ length: options.concurrency }, async () => {
     while (next < rows.length) {
-      const played = await playByHand(tokenizer, options.definition ?? gridQuest, rows[next++]!, signal)
+      const played = await playByHand(tokenizer, options.definition ?? gridQuest, rows[next++]!)
       turns += played
     }
   }))
