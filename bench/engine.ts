@@ -101,15 +101,6 @@ const playByHand = async (tokenizer: ChatTokenizer, definition: EnvironmentDefin
   return turns
 }
 
-/** The same work without the engine, one episode at a time. */
-const directLoop = async (tokenizer: ChatTokenizer): Promise<Timed> => {
-  const rows = gridQuest.rows!({ seed: 0, count: episodes, config: {} })
-  let turns = 0
-  const stop = timer()
-  for (const row of rows) turns += await playByHand(tokenizer, gridQuest, row)
-  return stop(turns)
-}
-
 /**
  * The same hand-written episodes, `concurrency` at once on this event loop (async loops taking the next row):
  * what interleaving episodes costs any program, engine or not (their state outlives the young generation, the
@@ -131,6 +122,9 @@ const concurrentLoop = async (
   }))
   return stop(turns)
 }
+
+/** The same work without the engine, one episode at a time. */
+const directLoop = (tokenizer: ChatTokenizer): Promise<Timed> => concurrentLoop(tokenizer, { concurrency: 1, count: episodes })
 
 /**
  * grid-quest whose every step answers after `stepDelayMs`, and whose first steps wait until every episode has
@@ -170,6 +164,17 @@ const slowGridQuest = (count: number, onAllStarted: () => void): EnvironmentDefi
   }
 }
 
+/** What every engine here shares (the environments and concurrency vary). */
+const engineOptions = {
+  samplesPerRow: 1,
+  // Starting 100,000 episodes takes minutes of CPU, and the first steps wait for the last one.
+  limits: { maxTurns: 12, maxResponseTokens: 2048, maxNewTokens: 16, timeoutMs: 3_600_000 },
+  sampling: SamplingParams.greedy,
+  envCallTimeoutMs: 3_600_000,
+  seed: 0,
+  bufferCapacity: 64
+}
+
 const engineRun = (
   tokenizer: ChatTokenizer,
   options: { readonly concurrency: number; readonly count: number },
@@ -197,17 +202,11 @@ const engineRun = (
   }).pipe(
     Effect.provide(
       Engine.layer({
+        ...engineOptions,
         environments: onAllStarted === undefined
           ? EnvironmentRegistry.builtins()
           : new EnvironmentRegistry().register(slowGridQuest(options.count, allStarted)),
-        concurrency: options.concurrency,
-        samplesPerRow: 1,
-        // Starting 100,000 episodes takes minutes of CPU, and the first steps wait for the last one.
-        limits: { maxTurns: 12, maxResponseTokens: 2048, maxNewTokens: 16, timeoutMs: 3_600_000 },
-        sampling: SamplingParams.greedy,
-        envCallTimeoutMs: 3_600_000,
-        seed: 0,
-        bufferCapacity: 64
+        concurrency: options.concurrency
       }).pipe(
         Layer.provideMerge(TextPolicy.layer(({ context }) => solver(context))),
         Layer.provideMerge(Layer.succeed(Tokenizer, tokenizer))
@@ -272,12 +271,12 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<OnWorkers>
       const wall = performance.now()
       const main = process.threadCpuUsage()
       const all = process.cpuUsage()
-      const records: Array<Trajectory.Trajectory> = []
+      let turns = 0
       yield* engine.run(Stream.fromIterable(gridQuest.rows!({ seed: 0, count: episodes, config: {} }))).pipe(
         Stream.runForEach((trajectory) =>
           Effect.sync(() => {
             JSON.stringify(Trajectory.encode(trajectory))
-            records.push(trajectory)
+            turns += trajectory.numTurns
           })
         )
       )
@@ -288,7 +287,7 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<OnWorkers>
         cpuSeconds: (allUsed.user + allUsed.system) / 1e6,
         mainCpuSeconds: (mainUsed.user + mainUsed.system) / 1e6,
         policyCpuSeconds,
-        turns: records.reduce((sum, t) => sum + t.numTurns, 0)
+        turns
       }
       return timed
     })
@@ -299,14 +298,9 @@ const workersRun = (tokenizer: ChatTokenizer, count: number): Promise<OnWorkers>
   }).pipe(
     Effect.provide(
       Engine.layer({
+        ...engineOptions,
         environments: EnvironmentRegistry.builtins(),
         concurrency: 64,
-        samplesPerRow: 1,
-        limits: { maxTurns: 12, maxResponseTokens: 2048, maxNewTokens: 16, timeoutMs: 3_600_000 },
-        sampling: SamplingParams.greedy,
-        envCallTimeoutMs: 3_600_000,
-        seed: 0,
-        bufferCapacity: 64,
         workers: count === 0 ? undefined : { count }
       }).pipe(
         Layer.provideMerge(TextPolicy.layer(({ context }) => solver(context)).pipe(Layer.provide(Layer.succeed(Tokenizer, policyTokenizer)))),

@@ -113,11 +113,6 @@ const leafState = (value: unknown): string => {
   return String(current)
 }
 
-/**
- * Success as the environment reports it (the last assistant turn's `info.success`), else a positive reward
- * on done: a guess-number win with penalties can pay less than zero and is still a win.
- */
-const isSuccess = succeeded
 
 /** Where the episode's environment first saw other tokens than the policy: `token_drift` in a turn's info. */
 export const tokenDriftOf = (trajectory: Trajectory): { readonly position: number } & Record<string, unknown> | undefined => {
@@ -177,7 +172,7 @@ export class RunMonitor {
   /** A finished episode. */
   record(trajectory: Trajectory): void {
     const generated = trajectory.responseMask.reduce<number>((sum, mask) => sum + mask, 0)
-    const success = isSuccess(trajectory) ? 1 : 0
+    const success = succeeded(trajectory) ? 1 : 0
     this.#done++
     this.#rewardSum += trajectory.reward
     this.#successes += success

@@ -378,13 +378,8 @@ export class Trainer {
     if (samples.length > 0) {
       this.#prepare(trajectories, samples, scores)
       for (let epoch = 0; epoch < a.epochs; epoch++) {
-        const order = samples.map((_, i) => i)
-        if (epoch > 0 || a.minibatches > 1) {
-          for (let i = order.length - 1; i > 0; i--) {
-            const j = Math.floor(this.#random() * (i + 1))
-            ;[order[i], order[j]] = [order[j]!, order[i]!]
-          }
-        }
+        const indices = samples.map((_, i) => i)
+        const order = epoch > 0 || a.minibatches > 1 ? shuffled(indices, this.#random) : indices
         const size = Math.ceil(order.length / a.minibatches)
         for (let m = 0; m < a.minibatches; m++) {
           const minibatch = order.slice(m * size, (m + 1) * size).map((i) => samples[i]!)
