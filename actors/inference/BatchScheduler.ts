@@ -32,7 +32,7 @@
  * what a cache-free forward pass of the sequence under that token's version gives.
  */
 import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
-import { KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
+import { blockIndex, forEachRun, KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
 import { headTemperature, makeSampler, type Sampler, tokenLogprob } from "./sampling.ts"
 
 export interface SchedulerRequest {
@@ -191,9 +191,22 @@ const int64Words = (array: BigInt64Array): Int32Array => new Int32Array(array.bu
 const LOW = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1 ? 0 : 1
 const HIGH = 1 - LOW
 
-/** `buffer` when it holds at least `floats` float32s; else a new one with room to grow. */
-const grown = (buffer: ArrayBuffer | undefined, floats: number): ArrayBuffer =>
-  buffer !== undefined && buffer.byteLength >= floats * 4 ? buffer : new ArrayBuffer(Math.ceil(floats * 1.25) * 4)
+/**
+ * Address space a growing buffer reserves: it then grows in place, and only the pages it gains are new. A
+ * fresh buffer for each size would fault in every page again, which costs far more than the copies into it.
+ */
+const RESERVED_BYTES = 2 ** 36
+
+/** `buffer`, grown in place when needed to hold at least `floats` float32s; a new one when it cannot grow that far. */
+const grown = (buffer: ArrayBuffer | undefined, floats: number): ArrayBuffer => {
+  const bytes = floats * 4
+  if (buffer !== undefined && buffer.byteLength >= bytes) return buffer
+  if (buffer !== undefined && buffer.resizable && buffer.maxByteLength >= bytes) {
+    buffer.resize(bytes)
+    return buffer
+  }
+  return new ArrayBuffer(bytes, { maxByteLength: Math.max(bytes, RESERVED_BYTES) })
+}
 
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
   prefix.length <= of.length && prefix.every((token, i) => of[i] === token)
@@ -282,7 +295,7 @@ export class BatchScheduler {
     this.#ring = !this.#right && model.rowsAlone === undefined
     this.#options = options
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
-    this.#cache = new KvCacheStore(options.cacheBudgetBytes)
+    this.#cache = new KvCacheStore(options.cacheBudgetBytes, model.shape)
   }
 
   get running(): number {
@@ -605,12 +618,16 @@ export class BatchScheduler {
     items.forEach(({ cached, fresh }, b) => {
       const past = cached?.tokens.length ?? 0
       if (cached !== undefined) {
+        const shape = this.#model.shape
         for (let layer = 0; layer < numLayers; layer++) {
           for (let h = 0; h < kvHeads; h++) {
             const to = ((b * kvHeads + h) * pastLength + (this.#right ? 0 : pastLength - past)) * headDim
-            const from = h * cached.stride * headDim
-            pastKeys[layer]!.set(cached.keys[layer]!.subarray(from, from + past * headDim), to)
-            pastValues[layer]!.set(cached.values[layer]!.subarray(from, from + past * headDim), to)
+            forEachRun(cached.blocks, 0, past, (block, column, done, length) => {
+              const keys = blockIndex(shape, layer, 0, h, column)
+              const values = blockIndex(shape, layer, 1, h, column)
+              pastKeys[layer]!.set(block.subarray(keys, keys + length * headDim), to + done * headDim)
+              pastValues[layer]!.set(block.subarray(values, values + length * headDim), to + done * headDim)
+            })
           }
         }
       }
@@ -644,6 +661,7 @@ export class BatchScheduler {
       // The cache serves only when it is a strict prefix (at least one token must run to give logits) and
       // was computed by the weights now loaded.
       if (cached !== undefined && !(cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context))) {
+        this.#cache.recycle(cached)
         cached = undefined
       }
       const fresh = context.slice(cached?.tokens.length ?? 0)
@@ -838,25 +856,40 @@ export class BatchScheduler {
 
   /**
    * The keys and values of the row in `slot` as a cache entry. The entry the turn was admitted with already
-   * holds the row's first positions, computed by the same weights: when it has room, only the turn's new
-   * positions are copied into it (about a tenth of the context per turn here); else the whole row goes
-   * into a new entry.
+   * holds the row's first positions, computed by the same weights: only the turn's new positions are copied,
+   * into its last block and new ones (about a tenth of the context per turn here). Without such an entry the
+   * whole row is copied into a new one.
    */
   #extract(row: Row, slot: number): CachedSequence {
     const { numLayers, kvHeads, headDim } = this.#model.shape
+    const shape = this.#model.shape
     const n = row.fed.length
-    const kept = row.entry
-    const entry = kept !== undefined && kept.version === this.#version && kept.stride >= n ? kept : this.#newEntry(n)
-    const from = entry === kept ? kept.tokens.length : 0
-    const { stride } = entry
+    const { blocks, from } = this.#entryFor(row)
+    const capacity = this.#capacity
+    const start = this.#rowStart(n)
     for (let layer = 0; layer < numLayers; layer++) {
       for (let h = 0; h < kvHeads; h++) {
-        const base = (slot * kvHeads + h) * this.#capacity
-        fromRing(this.#keys[layer]!, base, this.#capacity, this.#rowStart(n) + from, n - from, entry.keys[layer]!, (h * stride + from) * headDim, headDim)
-        fromRing(this.#values[layer]!, base, this.#capacity, this.#rowStart(n) + from, n - from, entry.values[layer]!, (h * stride + from) * headDim, headDim)
+        const base = (slot * kvHeads + h) * capacity
+        forEachRun(blocks, from, n - from, (block, column, done, length) => {
+          fromRing(this.#keys[layer]!, base, capacity, start + from + done, length, block, blockIndex(shape, layer, 0, h, column), headDim)
+          fromRing(this.#values[layer]!, base, capacity, start + from + done, length, block, blockIndex(shape, layer, 1, h, column), headDim)
+        })
       }
     }
-    return { tokens: row.fed, version: this.#version, stride, keys: entry.keys, values: entry.values }
+    return { tokens: row.fed, version: this.#version, blocks }
+  }
+
+  /**
+   * The blocks a finished row's keys and values go into, grown to hold the row, and the first position not
+   * already there: the entry the turn was admitted with when its weights are still loaded, else new blocks.
+   */
+  #entryFor(row: Row): { readonly blocks: Array<Float32Array>; readonly from: number } {
+    const kept = row.entry
+    if (kept !== undefined && kept.version !== this.#version) this.#cache.recycle(kept)
+    const current = kept !== undefined && kept.version === this.#version
+    const blocks = current ? (kept.blocks as Array<Float32Array>) : []
+    this.#cache.grow(blocks, row.fed.length)
+    return { blocks, from: current ? kept.tokens.length : 0 }
   }
 
   /** The logical column where a row of `n` positions starts in the decode batch (left layout: modulo the capacity). */
@@ -900,31 +933,27 @@ export class BatchScheduler {
     this.#slots[slot] = row
   }
 
-  /**
-   * An empty cache entry for `n` positions, with room for more: per layer keys then values, each
-   * [kvHeads, stride, headDim], in one buffer. The room lets the episode's next turns append their keys and
-   * values to it rather than copy the whole context out again (see #extract).
-   */
-  #newEntry(n: number): Pick<CachedSequence, "stride" | "keys" | "values"> {
-    const { numLayers, kvHeads, headDim } = this.#model.shape
-    const stride = n + Math.max(64, n >> 1)
-    const size = kvHeads * stride * headDim
-    const memory = new ArrayBuffer(2 * numLayers * size * 4)
-    return {
-      stride,
-      keys: Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, 2 * layer * size * 4, size)),
-      values: Array.from({ length: numLayers }, (_, layer) => new Float32Array(memory, (2 * layer + 1) * size * 4, size))
-    }
-  }
-
-  /** A waiting row's keys and values as a cache entry. */
+  /** A row that finished without joining the batch: its keys and values (cached part, then new part) as a cache entry. */
   #compactPending(row: Row): CachedSequence {
-    const { numLayers, kvHeads } = this.#model.shape
-    const { stride, keys, values } = this.#newEntry(row.fed.length)
+    const { numLayers, kvHeads, headDim } = this.#model.shape
+    const shape = this.#model.shape
+    const source = row.pending!
+    const { blocks, from } = this.#entryFor(row)
+    const past = source.cached?.tokens.length ?? 0
+    // The cached part is in place whenever the entry is the one admitted (it always is: rows that waited
+    // through a weight swap were prefilled again, without a cache).
+    if (from !== past) throw new SchedulerError(`a finished row's cache holds ${from} positions, its prefill continued ${past}: a layout bug`)
     for (let layer = 0; layer < numLayers; layer++) {
-      for (let h = 0; h < kvHeads; h++) this.#copyPending(row.pending!, layer, h, keys[layer]!, values[layer]!, h * stride, stride, 0)
+      for (let h = 0; h < kvHeads; h++) {
+        const first = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
+        forEachRun(blocks, past, source.fresh, (block, column, done, length) => {
+          const at = first + done * headDim
+          block.set(source.newKeys[layer]!.subarray(at, at + length * headDim), blockIndex(shape, layer, 0, h, column))
+          block.set(source.newValues[layer]!.subarray(at, at + length * headDim), blockIndex(shape, layer, 1, h, column))
+        })
+      }
     }
-    return { tokens: row.fed, version: this.#version, stride, keys, values }
+    return { tokens: row.fed, version: this.#version, blocks }
   }
 
   /**
@@ -935,8 +964,11 @@ export class BatchScheduler {
     const { kvHeads, headDim } = this.#model.shape
     const past = source.cached?.tokens.length ?? 0
     if (source.cached !== undefined) {
-      toRing(keys, base, capacity, start, past, source.cached.keys[layer]!, h * source.cached.stride * headDim, headDim)
-      toRing(values, base, capacity, start, past, source.cached.values[layer]!, h * source.cached.stride * headDim, headDim)
+      const shape = this.#model.shape
+      forEachRun(source.cached.blocks, 0, past, (block, column, done, length) => {
+        toRing(keys, base, capacity, start + done, length, block, blockIndex(shape, layer, 0, h, column), headDim)
+        toRing(values, base, capacity, start + done, length, block, blockIndex(shape, layer, 1, h, column), headDim)
+      })
     }
     const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
     toRing(keys, base, capacity, start + past, source.fresh, source.newKeys[layer]!, from, headDim)
