@@ -205,7 +205,12 @@ const grown = (buffer: ArrayBuffer | undefined, floats: number): ArrayBuffer => 
     buffer.resize(bytes)
     return buffer
   }
-  return new ArrayBuffer(bytes, { maxByteLength: Math.max(bytes, RESERVED_BYTES) })
+  try {
+    return new ArrayBuffer(bytes, { maxByteLength: Math.max(bytes, RESERVED_BYTES) })
+  } catch {
+    // Address space is limited here (ulimit -v): a plain buffer with room to grow, as before.
+    return new ArrayBuffer(Math.ceil(floats * 1.25) * 4)
+  }
 }
 
 const isPrefix = (prefix: ReadonlyArray<number>, of: ReadonlyArray<number>): boolean =>
