@@ -113,7 +113,6 @@ const leafState = (value: unknown): string => {
   return String(current)
 }
 
-
 /** Where the episode's environment first saw other tokens than the policy: `token_drift` in a turn's info. */
 export const tokenDriftOf = (trajectory: Trajectory): { readonly position: number } & Record<string, unknown> | undefined => {
   for (const turn of trajectory.turns) {

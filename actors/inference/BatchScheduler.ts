@@ -623,13 +623,12 @@ export class BatchScheduler {
     items.forEach(({ cached, fresh }, b) => {
       const past = cached?.tokens.length ?? 0
       if (cached !== undefined) {
-        const shape = this.#model.shape
         for (let layer = 0; layer < numLayers; layer++) {
           for (let h = 0; h < kvHeads; h++) {
             const to = ((b * kvHeads + h) * pastLength + (this.#right ? 0 : pastLength - past)) * headDim
             forEachRun(cached.blocks, 0, past, (block, column, done, length) => {
-              const keys = blockIndex(shape, layer, 0, h, column)
-              const values = blockIndex(shape, layer, 1, h, column)
+              const keys = blockIndex(this.#model.shape, layer, 0, h, column)
+              const values = blockIndex(this.#model.shape, layer, 1, h, column)
               pastKeys[layer]!.set(block.subarray(keys, keys + length * headDim), to + done * headDim)
               pastValues[layer]!.set(block.subarray(values, values + length * headDim), to + done * headDim)
             })
@@ -866,8 +865,8 @@ export class BatchScheduler {
    * whole row is copied into a new one.
    */
   #extract(row: Row, slot: number): CachedSequence {
-    const { numLayers, kvHeads, headDim } = this.#model.shape
     const shape = this.#model.shape
+    const { numLayers, kvHeads, headDim } = shape
     const n = row.fed.length
     const { blocks, from } = this.#entryFor(row)
     const capacity = this.#capacity
@@ -890,11 +889,16 @@ export class BatchScheduler {
    */
   #entryFor(row: Row): { readonly blocks: Array<Float32Array>; readonly from: number } {
     const kept = row.entry
-    if (kept !== undefined && kept.version !== this.#version) this.#cache.recycle(kept)
-    const current = kept !== undefined && kept.version === this.#version
-    const blocks = current ? (kept.blocks as Array<Float32Array>) : []
+    if (kept !== undefined && kept.version === this.#version) {
+      const blocks = kept.blocks as Array<Float32Array>
+      this.#cache.grow(blocks, row.fed.length)
+      return { blocks, from: kept.tokens.length }
+    }
+    // From weights no longer loaded: nothing reads it any more.
+    if (kept !== undefined) this.#cache.recycle(kept)
+    const blocks: Array<Float32Array> = []
     this.#cache.grow(blocks, row.fed.length)
-    return { blocks, from: current ? kept.tokens.length : 0 }
+    return { blocks, from: 0 }
   }
 
   /** The logical column where a row of `n` positions starts in the decode batch (left layout: modulo the capacity). */
@@ -940,8 +944,8 @@ export class BatchScheduler {
 
   /** A row that finished without joining the batch: its keys and values (cached part, then new part) as a cache entry. */
   #compactPending(row: Row): CachedSequence {
-    const { numLayers, kvHeads, headDim } = this.#model.shape
     const shape = this.#model.shape
+    const { numLayers, kvHeads, headDim } = shape
     const source = row.pending!
     const { blocks, from } = this.#entryFor(row)
     const past = source.cached?.tokens.length ?? 0
@@ -969,10 +973,9 @@ export class BatchScheduler {
     const { kvHeads, headDim } = this.#model.shape
     const past = source.cached?.tokens.length ?? 0
     if (source.cached !== undefined) {
-      const shape = this.#model.shape
       forEachRun(source.cached.blocks, 0, past, (block, column, done, length) => {
-        toRing(keys, base, capacity, start + done, length, block, blockIndex(shape, layer, 0, h, column), headDim)
-        toRing(values, base, capacity, start + done, length, block, blockIndex(shape, layer, 1, h, column), headDim)
+        toRing(keys, base, capacity, start + done, length, block, blockIndex(this.#model.shape, layer, 0, h, column), headDim)
+        toRing(values, base, capacity, start + done, length, block, blockIndex(this.#model.shape, layer, 1, h, column), headDim)
       })
     }
     const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim

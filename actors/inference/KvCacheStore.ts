@@ -92,7 +92,8 @@ export class KvCacheStore {
     this.#entries.set(episodeId, entry)
     this.#blocks += entry.blocks.length
     // Spare blocks go before any entry does.
-    while (this.#blocks + this.#free.length > this.#budgetBlocks && this.#free.pop() !== undefined);
+    const over = this.#blocks + this.#free.length - this.#budgetBlocks
+    if (over > 0) this.#free.length = Math.max(0, this.#free.length - over)
     for (const [id, oldest] of this.#entries) {
       if (this.#blocks <= this.#budgetBlocks || id === episodeId) break
       this.#entries.delete(id)
