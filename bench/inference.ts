@@ -45,6 +45,8 @@ const MAX_TURNS = 12
 const MAX_NEW_TOKENS = 16
 const SEQUENTIAL_EPISODES = 16
 const NAIVE_EPISODES = 32
+// `INFERENCE_FEED_MAX_TOKENS=16 npm run bench -- inference`: turns that continue a cache fed through decode steps (docs/inference.md).
+const FEED_MAX_TOKENS = Number(process.env.INFERENCE_FEED_MAX_TOKENS ?? 0)
 
 const generatedTokens = (trajectories: ReadonlyArray<Trajectory>) =>
   trajectories.reduce((sum, t) => sum + t.responseMask.reduce<number>((s, m) => s + m, 0), 0)
@@ -78,7 +80,7 @@ const engineEpisodes = (actor: InferenceActor, model: string) =>
   )
 
 const runEngine = async (model: string) => {
-  const actor = await InferenceActor.start({ model, maxBatchSize: MAX_BATCH })
+  const actor = await InferenceActor.start({ model, maxBatchSize: MAX_BATCH, feedMaxTokens: FEED_MAX_TOKENS })
   try {
     const run = await engineEpisodes(actor, model)
     return { ...run, stats: since(run.before, await actor.stats()) }
@@ -93,7 +95,7 @@ const since = (before: SchedulerStats, after: SchedulerStats): SchedulerStats =>
 
 /** The engine's token work replayed offline through a fresh actor, same settings, every episode at once. */
 const runReplay = async (model: string, trajectories: ReadonlyArray<Trajectory>) => {
-  const actor = await InferenceActor.start({ model, maxBatchSize: MAX_BATCH })
+  const actor = await InferenceActor.start({ model, maxBatchSize: MAX_BATCH, feedMaxTokens: FEED_MAX_TOKENS })
   try {
     const before = await actor.stats()
     const started = performance.now()
@@ -216,7 +218,7 @@ export default async function inferenceBenchmark(): Promise<void> {
   const rowWidths = timeRows[0]!.map((_, c) => Math.max(...timeRows.map((row) => row[c]!.length)))
   for (const row of timeRows) console.log(row.map((cell, c) => cell.padEnd(rowWidths[c]!)).join("  "))
   console.log(`machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${availableParallelism()} cores; model: the tiny preset (seed 0); ` +
-    `max batch ${MAX_BATCH}, ${CONCURRENCY} episodes at once, ${MAX_TURNS} turns of at most ${MAX_NEW_TOKENS} tokens, temperature 1`)
+    `max batch ${MAX_BATCH}, ${CONCURRENCY} episodes at once, ${MAX_TURNS} turns of at most ${MAX_NEW_TOKENS} tokens, temperature 1${FEED_MAX_TOKENS > 0 ? `, feedMaxTokens ${FEED_MAX_TOKENS}` : ""}`)
   const share = (ms: number) => round(ms / (engine.seconds * 1000))
   console.log(JSON.stringify({
     bench: "inference",

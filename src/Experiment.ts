@@ -135,6 +135,8 @@ export const ResolvedExperiment = Schema.Struct({
   inference: Schema.Struct({
     maxBatchSize: PositiveInt,
     maxPrefillTokens: PositiveInt,
+    /** Turns that continue a cache with at most this many new tokens run them in decode steps, no prefill (docs/inference.md); 0, the default, turns it off. */
+    feedMaxTokens: Schema.optional(NonNegativeInt),
     cacheBudgetMiB: PositiveInt,
     provider: Schema.Literals(["cpu", "cuda"]),
     threads: Schema.optional(PositiveInt),

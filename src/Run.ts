@@ -124,6 +124,7 @@ const inferenceFor = (
       model: directory,
       maxBatchSize: settings.maxBatchSize,
       maxPrefillTokens: settings.maxPrefillTokens,
+      ...(settings.feedMaxTokens === undefined ? {} : { feedMaxTokens: settings.feedMaxTokens }),
       cacheBudgetBytes: settings.cacheBudgetMiB * 1024 ** 2,
       provider: settings.provider,
       ...(settings.threads === undefined ? {} : { threads: settings.threads }),

@@ -25,18 +25,23 @@ describe("the inference scheduler under random schedules", () => {
 
   it("shows every query exactly its own positions, once each, from the right weights (probe model, 16 seeds)", async () => {
     let tokens = 0
+    let fed = 0
     for (let seed = 1; seed <= 16; seed++) {
       const report = await runCase(probe, seed, { hangAfterMs: 30_000 })
       expect(report.failures.slice(0, 5)).toEqual([])
       expect(report.settled).toBe(report.requests)
       tokens += report.tokensChecked
+      fed += report.fedRequests
+      if (report.feedMaxTokens === 0) expect(report.fedRequests).toBe(0)
     }
     expect(tokens).toBeGreaterThan(10_000)
+    expect(fed).toBeGreaterThan(10)
   }, 120_000)
 
   it("records logits, logprobs and greedy tokens a full forward pass gives, under the version that produced each (real model, 10 seeds)", async () => {
     let tokens = 0
     let swapped = 0
+    let fed = 0
     for (let seed = 1; seed <= 10; seed++) {
       const report = await runCase(real, seed, { hangAfterMs: 60_000 })
       expect(report.failures.slice(0, 5)).toEqual([])
@@ -44,9 +49,39 @@ describe("the inference scheduler under random schedules", () => {
       expect(report.worstLogprobDifference).toBeLessThan(1e-4)
       tokens += report.tokensChecked
       swapped += report.recomputedTokens > 0 ? 1 : 0
+      fed += report.fedRequests
     }
     expect(tokens).toBeGreaterThan(10_000)
     expect(swapped).toBeGreaterThan(3)
+    expect(fed).toBeGreaterThan(10)
+  }, 180_000)
+
+  it("feeds a continuing turn's new tokens through decode steps as a prefill would run them (every cache kept; probe 16 seeds, real 6)", async () => {
+    let fed = 0
+    let requests = 0
+    for (const [bench, seeds] of [[probe, 16], [real, 6]] as const) {
+      for (let seed = 1; seed <= seeds; seed++) {
+        const report = await runCase(bench, seed, { hangAfterMs: 60_000, feedMaxTokens: 64, cacheBudgetBytes: 1 << 30 })
+        expect(report.failures.slice(0, 5)).toEqual([])
+        expect(report.settled).toBe(report.requests)
+        fed += report.fedRequests
+        requests += report.requests
+      }
+    }
+    // Most continuing turns join this way (the rest: first turns, rewritten histories, turns after a swap).
+    expect(fed).toBeGreaterThan(requests / 3)
+  }, 180_000)
+
+  it("records the same logprobs and greedy tokens when no one watches the logits, so that steps fetch them only for samplers that read them (real model, 8 seeds)", async () => {
+    let tokens = 0
+    for (let seed = 101; seed <= 108; seed++) {
+      const report = await runCase(real, seed, { hangAfterMs: 60_000, watchLogits: false })
+      expect(report.failures.slice(0, 5)).toEqual([])
+      expect(report.settled).toBe(report.requests)
+      expect(report.worstLogprobDifference).toBeLessThan(1e-4)
+      tokens += report.tokensChecked
+    }
+    expect(tokens).toBeGreaterThan(3_000)
   }, 180_000)
 })
 

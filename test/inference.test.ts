@@ -297,6 +297,47 @@ describe("sampling", () => {
     expect([...seen].sort()).toEqual([0, 1])
   })
 
+  it("the graph's sampling head draws, for each uniform number u, the first token whose cumulative probability passes u, and records its logprob", async () => {
+    const model = await OnnxCausalLM.load(directory, { threads: 1 })
+    try {
+      const { numLayers, vocabSize } = model.shape
+      expect(model.drawsInGraph).toBe(true)
+      const batch = 64
+      // Evenly spread u, one near 1 (u times the total may round up to the total), several temperatures.
+      const uniforms = Float32Array.from({ length: batch }, (_, b) => (b === batch - 1 ? 1 - 2 ** -24 : (b + 0.5) / batch))
+      const temperatures = Float32Array.from({ length: batch }, (_, b) => [0.5, 1, 1.7, 40][b % 4]!)
+      const empty = Array.from({ length: numLayers }, () => new Float32Array(0))
+      const out = await model.forward({
+        batch, sequenceLength: 1, pastLength: 0,
+        inputIds: BigInt64Array.from({ length: batch }, (_, b) => BigInt((b * 7) % vocabSize)),
+        positionIds: new BigInt64Array(batch),
+        attentionMask: new BigInt64Array(batch).fill(1n),
+        pastKeys: empty, pastValues: empty, temperatures, uniforms
+      })
+      const tokens = new Set<number>()
+      for (let b = 0; b < batch; b++) {
+        const probs = out.probs.subarray(b * vocabSize, (b + 1) * vocabSize)
+        const token = Number(out.draws!.tokens[b])
+        tokens.add(token)
+        // The same inverse CDF in float64 over the head's probabilities: u's place must fall in the token's interval.
+        let before = 0
+        for (let i = 0; i < token; i++) before += probs[i]!
+        const total = probs.reduce((sum, p) => sum + p, 0)
+        const threshold = uniforms[b]! * total
+        expect(probs[token]!).toBeGreaterThan(0)
+        if (b < batch - 1) {
+          expect(before).toBeLessThanOrEqual(threshold + 1e-6)
+          expect(before + probs[token]!).toBeGreaterThan(threshold - 1e-6)
+        }
+        expect(out.draws!.logprobs[b]!).toBeCloseTo(Math.log(probs[token]! / total), 5)
+      }
+      // The draws follow u across the vocabulary, not one likeliest token.
+      expect(tokens.size).toBeGreaterThan(20)
+    } finally {
+      await model.release()
+    }
+  })
+
   it("top-p keeps the smallest set reaching p", () => {
     // Probabilities 0.5, 0.3, 0.2: p = 0.7 keeps the first two.
     const probs = Float32Array.of(Math.log(0.5), Math.log(0.3), Math.log(0.2))

@@ -34,6 +34,7 @@ export const startCore = async (settings: ActorSettings): Promise<ActorCore> => 
   const scheduler = new BatchScheduler(model, {
     maxBatchSize: settings.maxBatchSize,
     maxPrefillTokens: settings.maxPrefillTokens,
+    feedMaxTokens: settings.feedMaxTokens,
     cacheBudgetBytes: settings.cacheBudgetBytes,
     stallTimeoutMs: settings.stallTimeoutMs,
     maxPositions,

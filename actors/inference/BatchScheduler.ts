@@ -33,7 +33,7 @@
  */
 import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
 import { blockIndex, forEachRun, KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
-import { headTemperature, makeSampler, type Sampler, tokenLogprob } from "./sampling.ts"
+import { drawnInGraph, headTemperature, makeSampler, makeUniforms, readsLogits, type Sample, type Sampler, tokenLogprob } from "./sampling.ts"
 
 export interface SchedulerRequest {
   readonly episodeId: string
@@ -64,6 +64,13 @@ export interface SchedulerOptions {
   readonly maxBatchSize: number
   /** Padded tokens in one prefill batch at most (a single longer request still runs alone). */
   readonly maxPrefillTokens: number
+  /**
+   * A turn that continues its episode's cache with at most this many new tokens skips the prefill: it joins
+   * the decode batch at once and its new tokens run one per decode step (default 0: always prefill). On the
+   * CPU the decode steps cost those tokens more than a prefill does (`npm run bench -- inference`: 8% fewer
+   * tokens/s at 16). It may pay where a decode step is bound by memory rather than arithmetic (a GPU; not measured).
+   */
+  readonly feedMaxTokens?: number
   /** Bytes of episode KV caches kept between turns. */
   readonly cacheBudgetBytes: number
   /** Longest sequence the model takes (its position table). */
@@ -82,7 +89,9 @@ export interface SchedulerStats {
   decodeSteps: number
   /** Sum over decode steps of the rows decoded: divided by decodeSteps, the mean batch occupancy. */
   decodeRows: number
-  /** Context tokens run through prefill. */
+  /** Requests admitted with no prefill, their new tokens fed through decode steps (see feedMaxTokens). */
+  fedRequests: number
+  /** Context tokens run through the model before sampling (prefilled or fed). */
   prefillTokens: number
   /** Context tokens the model had never run for their episode: the first prompt, then each observation plus the previous turn's last sampled token. */
   newTokens: number
@@ -128,15 +137,30 @@ interface Ticket {
   state: "queued" | "admitted" | "running"
 }
 
-interface Row {
-  readonly ticket: Ticket
-  readonly sampler: Sampler
+/**
+ * How a request's tokens are chosen: drawn by the graph's sampling head with `uniform`'s numbers (plain
+ * temperature sampling, see drawnInGraph), or by `sampler` in JavaScript from the fetched logits and
+ * probabilities. Exactly one of the two is defined.
+ */
+interface RowSampling {
+  readonly uniform: (() => number) | undefined
+  readonly sampler: Sampler | undefined
   /** The temperature the graph's sampling head divides this row's logits by (1 for a replay). */
   readonly temperature: number
+  /** The JavaScript sampler reads the logits, not only the head's probabilities (see readsLogits). */
+  readonly readsLogits: boolean
+}
+
+interface Row extends RowSampling {
+  readonly ticket: Ticket
   /** Tokens whose keys and values the actor holds for this row. */
   readonly fed: Array<number>
-  /** Sampled, not yet run through the model (-1 once the turn is over). */
+  /** To run through the model at the next step: sampled, or the next of the context's tokens being fed (-1 once the turn is over). */
   next: number
+  /** Context tokens still to feed after `next`, one per decode step, before the row samples (see feedMaxTokens). */
+  readonly feed: ReadonlyArray<number>
+  /** How many of `feed` have gone into `next`. */
+  fedFrom: number
   readonly tokenIds: Array<number>
   readonly logprobs: Array<number>
   readonly versions: Array<number>
@@ -163,8 +187,8 @@ interface Prefilled {
 interface PrefillItem {
   readonly cached: CachedSequence | undefined
   readonly fresh: ReadonlyArray<number>
-  /** The sampling head's temperature for the row's last position. */
-  readonly temperature: number
+  /** How the row's first token is chosen; undefined when the prefill only recomputes keys and values. */
+  readonly sampling: RowSampling | undefined
 }
 
 /** A decode step's inputs and outputs, reused from step to step while the batch keeps its shape. */
@@ -179,6 +203,8 @@ interface DecodeBuffers {
   readonly attentionMask: BigInt64Array
   /** The sampling head's temperature per slot. */
   readonly temperatures: Float32Array
+  /** The uniform number per slot the head draws with (see RowSampling). */
+  readonly uniforms: Float32Array
   /** The sampling head's column per slot: 0, the step's only one. */
   readonly sampleColumns: Int32Array
 }
@@ -245,6 +271,7 @@ export class BatchScheduler {
   readonly #model: OnnxCausalLM
   readonly #options: SchedulerOptions
   readonly #stallTimeoutMs: number
+  readonly #feedMaxTokens: number
   readonly #cache: KvCacheStore
   /** Every request accepted and not yet settled, wherever it is. */
   readonly #tickets = new Set<Ticket>()
@@ -290,7 +317,7 @@ export class BatchScheduler {
   #version = 0
   #staged: { readonly bytes: Uint8Array; readonly version: number; readonly done: () => void; readonly fail: (e: Error) => void } | undefined
   readonly stats: SchedulerStats = {
-    requests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
+    requests: 0, fedRequests: 0, prefillSteps: 0, decodeSteps: 0, decodeRows: 0, prefillTokens: 0, newTokens: 0,
     generatedTokens: 0, prefillMs: 0, decodeMs: 0, copyMs: 0, sampleMs: 0, idleMs: 0, evictions: 0, recomputedTokens: 0, stalled: 0, failures: 0
   }
 
@@ -300,6 +327,7 @@ export class BatchScheduler {
     this.#ring = !this.#right && model.rowsAlone === undefined
     this.#options = options
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
+    this.#feedMaxTokens = options.feedMaxTokens ?? 0
     this.#cache = new KvCacheStore(options.cacheBudgetBytes, model.shape)
   }
 
@@ -456,10 +484,7 @@ export class BatchScheduler {
     while (this.#waiting.length > 0 || this.#live().length > 0 || this.#staged !== undefined) {
       if (this.#closed) throw new Error("the inference actor closed")
       if (this.#staged !== undefined) await this.#swapWeights()
-      if (this.#shouldAdmit()) {
-        this.#stepsSinceAdmission = 0
-        this.#place(await this.#admit())
-      }
+      if (this.#waiting.length > 0 && this.#live().length < this.#options.maxBatchSize) this.#place(await this.#admit())
       this.#compact()
       if (this.#live().length > 0) await this.#decode()
     }
@@ -467,14 +492,31 @@ export class BatchScheduler {
   }
 
   /**
-   * Admitting costs a prefill pass, so requests are admitted in groups: when maxBatchSize/8 of them wait
-   * (or all the room there is), when nothing runs, or after 4 decode steps at most.
+   * A prefill pass costs a call into the model, so requests that need one are admitted in groups: when
+   * maxBatchSize/8 of them wait (or all the room there is), when nothing runs, or after 4 decode steps at most.
    */
-  #shouldAdmit(): boolean {
-    const room = this.#options.maxBatchSize - this.#live().length
-    if (this.#waiting.length === 0 || room === 0) return false
+  #prefillDue(room: number): boolean {
     const group = Math.min(room, Math.max(1, Math.floor(this.#options.maxBatchSize / 8)))
     return this.#live().length === 0 || this.#waiting.length >= group || this.#stepsSinceAdmission >= 4
+  }
+
+  /**
+   * Whether a cache entry can serve a context: it was computed by the weights now loaded and is a strict
+   * prefix of the context (at least one token must run to give logits).
+   */
+  #usable(cached: CachedSequence | undefined, context: ReadonlyArray<number>): boolean {
+    return cached !== undefined && cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context)
+  }
+
+  /**
+   * Whether a waiting request can join the decode batch with no prefill: its episode's cache serves it and
+   * leaves at most feedMaxTokens new tokens, which then run one per decode step, as a prefill would run them
+   * but with no pass of its own and no copy of the cache into a prefill's past. Ring layout only.
+   */
+  #feedable(ticket: Ticket): boolean {
+    const context = ticket.request.contextIds
+    const cached = this.#cache.peek(ticket.request.episodeId)
+    return this.#ring && cached !== undefined && context.length - cached.tokens.length <= this.#feedMaxTokens && this.#usable(cached, context)
   }
 
   #live(): Array<Row> {
@@ -508,6 +550,7 @@ export class BatchScheduler {
       positionWords: int64Words(positionIds),
       attentionMask: new BigInt64Array(batch * (capacity + 1)),
       temperatures: new Float32Array(batch),
+      uniforms: new Float32Array(batch),
       sampleColumns: new Int32Array(batch)
     }
     this.#decodeIo = io
@@ -541,7 +584,7 @@ export class BatchScheduler {
     if (rows.length === 0) return this.#clearBatch()
     for (const group of this.#prefillGroups(rows.map((row) => row.fed.length))) {
       const members = group.map((i) => rows[i]!)
-      const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed, temperature: 1 })))
+      const { out, newLength } = await this.#prefillForward(members.map((row) => ({ cached: undefined, fresh: row.fed, sampling: undefined })))
       members.forEach((row, b) => {
         row.pending = { cached: undefined, newKeys: out.newKeys, newValues: out.newValues, index: b, newLength, fresh: row.fed.length, offset: this.#offset(newLength, row.fed.length) }
         this.stats.recomputedTokens += row.fed.length
@@ -581,7 +624,8 @@ export class BatchScheduler {
     const expect = (what: string, actual: number | undefined, expected: number) => {
       if (actual !== expected) throw new SchedulerError(`the model's ${kind} returned ${actual ?? "no"} numbers of ${what}, expected ${expected}`)
     }
-    expect("logits", out.logits.length, batch * sequenceLength * vocabSize)
+    expect("logits", out.logits.length, inputs.fetch?.logits === false ? 0 : batch * sequenceLength * vocabSize)
+    expect("probabilities", out.probs.length, inputs.fetch?.probs === false ? 0 : batch * vocabSize)
     for (let layer = 0; layer < numLayers; layer++) {
       expect(`layer ${layer}'s new keys`, out.newKeys[layer]?.length, batch * kvHeads * sequenceLength * headDim)
       expect(`layer ${layer}'s new values`, out.newValues[layer]?.length, batch * kvHeads * sequenceLength * headDim)
@@ -619,7 +663,8 @@ export class BatchScheduler {
     const positionIds = new BigInt64Array(batch * newLength)
     const attentionMask = new BigInt64Array(batch * total)
     const sampleColumns = new Int32Array(batch)
-    const temperatures = Float32Array.from(items, (item) => item.temperature)
+    const temperatures = Float32Array.from(items, (item) => item.sampling?.temperature ?? 1)
+    const uniforms = Float32Array.from(items, (item) => item.sampling?.uniform?.() ?? 0)
     items.forEach(({ cached, fresh }, b) => {
       const past = cached?.tokens.length ?? 0
       if (cached !== undefined) {
@@ -647,52 +692,72 @@ export class BatchScheduler {
       })
     })
     this.stats.copyMs += performance.now() - copyStarted
-    const out = await this.#forward("prefill", { batch, sequenceLength: newLength, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues, sampleColumns, temperatures })
+    const fetch = this.#fetchFor(items.flatMap((item) => (item.sampling === undefined ? [] : [item.sampling])))
+    const out = await this.#forward("prefill", { batch, sequenceLength: newLength, pastLength, inputIds, positionIds, attentionMask, pastKeys, pastValues, sampleColumns, temperatures, uniforms, fetch })
     this.stats.prefillSteps += 1
     return { out, newLength }
   }
 
-  /** Admits waiting requests with one batched prefill; returns the rows that joined (some may already be finished). */
+  /**
+   * Admits waiting requests while there is room: feedable ones (see #feedable) at once, with no prefill; the
+   * others with one batched prefill when one is due. Returns the rows that joined (some may already be finished).
+   */
   async #admit(): Promise<Array<Row>> {
     const { vocabSize } = this.#model.shape
     const room = this.#options.maxBatchSize - this.#live().length
+    let prefilling = this.#prefillDue(room)
+    const fed: Array<Row> = []
     const admitted: Array<{ ticket: Ticket } & PrefillItem> = []
+    const staying: Array<Ticket> = []
     let longestNew = 0
-    while (admitted.length < room && this.#waiting.length > 0) {
-      const ticket = this.#waiting[0]!
+    for (const ticket of this.#waiting) {
+      if (fed.length + admitted.length >= room) {
+        staying.push(ticket)
+        continue
+      }
       const context = ticket.request.contextIds
+      if (this.#feedable(ticket)) {
+        fed.push(this.#feedRow(ticket, this.#cache.take(ticket.request.episodeId)!))
+        continue
+      }
+      if (!prefilling) {
+        staying.push(ticket)
+        continue
+      }
       let cached = this.#cache.take(ticket.request.episodeId)
-      // The cache serves only when it is a strict prefix (at least one token must run to give logits) and
-      // was computed by the weights now loaded.
-      if (cached !== undefined && !(cached.version === this.#version && cached.tokens.length < context.length && isPrefix(cached.tokens, context))) {
+      if (cached !== undefined && !this.#usable(cached, context)) {
         this.#cache.recycle(cached)
         cached = undefined
       }
       const fresh = context.slice(cached?.tokens.length ?? 0)
       const longest = Math.max(longestNew, fresh.length)
       if (admitted.length > 0 && longest * (admitted.length + 1) > this.#options.maxPrefillTokens) {
+        // The prefill is full: the rest wait for the next one (feedable ones may still join).
         if (cached !== undefined) this.#cache.put(ticket.request.episodeId, cached)
-        break
+        prefilling = false
+        staying.push(ticket)
+        continue
       }
-      this.#waiting.shift()
       ticket.state = "admitted"
       longestNew = longest
-      admitted.push({ ticket, cached, fresh, temperature: rowTemperature(ticket.request) })
+      admitted.push({ ticket, cached, fresh, sampling: this.#samplingOf(ticket.request) })
     }
+    this.#waiting.splice(0, this.#waiting.length, ...staying)
+    if (admitted.length === 0) return fed
+    this.#stepsSinceAdmission = 0
     const prefilled = await this.#prefillAll(admitted)
     this.#stepDone()
-    return admitted.map(({ ticket, cached, fresh, temperature }, i) => {
+    return fed.concat(admitted.map(({ ticket, cached, fresh, sampling }, i) => {
       const { out, newLength, index: b } = prefilled[i]!
       const request = ticket.request
-      this.stats.requests += 1
-      this.stats.prefillTokens += fresh.length
-      this.stats.newTokens += request.contextIds.length - (this.#seen.get(request.episodeId) ?? 0)
+      this.#count(request, fresh.length)
       const row: Row = {
         ticket,
-        sampler: makeSampler(request, request.seed),
-        temperature,
+        ...sampling!,
         fed: [...request.contextIds],
         next: -1,
+        feed: [],
+        fedFrom: 0,
         tokenIds: [],
         logprobs: [],
         versions: [],
@@ -701,9 +766,64 @@ export class BatchScheduler {
       }
       ticket.state = "running"
       const last = (b * newLength + this.#offset(newLength, fresh.length) + fresh.length - 1) * vocabSize
-      this.#accept(row, out.logits.subarray(last, last + vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize))
+      this.#accept(row, out.logits.subarray(last, last + vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize), drawAt(out, b))
       return row
-    })
+    }))
+  }
+
+  /** How a request's tokens are chosen (see RowSampling). */
+  #samplingOf(request: SchedulerRequest): RowSampling {
+    const inGraph = this.#model.drawsInGraph && drawnInGraph(request)
+    return {
+      uniform: inGraph ? makeUniforms(request.seed) : undefined,
+      sampler: inGraph ? undefined : makeSampler(request, request.seed),
+      temperature: rowTemperature(request),
+      readsLogits: readsLogits(request)
+    }
+  }
+
+  /** The vocabulary-wide outputs a forward pass fetches for the rows that sample after it: only what their samplers read. */
+  #fetchFor(sampling: ReadonlyArray<RowSampling>): { readonly logits: boolean; readonly probs: boolean } {
+    let logits = this.#options.onLogits !== undefined
+    let probs = false
+    for (const row of sampling) {
+      if (row.sampler === undefined) continue
+      probs = true
+      if (row.readsLogits) logits = true
+    }
+    return { logits, probs }
+  }
+
+  /** Counts an admitted request: `fresh` of its context's tokens will run through the model. */
+  #count(request: SchedulerRequest, fresh: number): void {
+    this.stats.requests += 1
+    this.stats.prefillTokens += fresh
+    this.stats.newTokens += request.contextIds.length - (this.#seen.get(request.episodeId) ?? 0)
+  }
+
+  /**
+   * A feedable request as a row that holds only its cached part: its first new token runs at the next
+   * decode step, the others at the steps after, and it samples once the last has run.
+   */
+  #feedRow(ticket: Ticket, cached: CachedSequence): Row {
+    const request = ticket.request
+    const fresh = request.contextIds.slice(cached.tokens.length)
+    this.#count(request, fresh.length)
+    this.stats.fedRequests += 1
+    ticket.state = "running"
+    return {
+      ticket,
+      ...this.#samplingOf(request),
+      fed: [...cached.tokens],
+      next: fresh[0]!,
+      feed: fresh,
+      fedFrom: 1,
+      tokenIds: [],
+      logprobs: [],
+      versions: [],
+      entry: cached,
+      pending: { cached, newKeys: [], newValues: [], index: 0, newLength: 0, fresh: 0, offset: 0 }
+    }
   }
 
   /**
@@ -737,13 +857,15 @@ export class BatchScheduler {
     // The step's inputs live in buffers kept from step to step (the same shapes until the batch is
     // laid out again): a step allocates nothing the size of the batch.
     const io = this.#decodeBuffers(batch, capacity)
-    const { inputIds, positionIds, attentionMask, temperatures, sampleColumns } = io
+    const { inputIds, positionIds, attentionMask, temperatures, uniforms, sampleColumns } = io
     // Small non-negative int64s written as their low and high 32-bit words: no BigInt per row.
     const ids = io.inputWords
     const positions = io.positionWords
     const width = capacity + 1
     // The new token comes after all `capacity` columns; each row sees its own columns and the new token.
     attentionMask.fill(0n)
+    // What the rows that sample after this step need (rows still feeding sample nothing).
+    const sampling: Array<RowSampling> = []
     for (let b = 0; b < batch; b++) {
       const row = slots[b]
       ids[2 * b + HIGH] = 0
@@ -758,6 +880,11 @@ export class BatchScheduler {
       }
       const n = row.fed.length
       if (n >= capacity) throw new SchedulerError(`a row of ${n} in a decode batch of ${capacity} columns: a layout bug`)
+      uniforms[b] = 0
+      if (row.fedFrom >= row.feed.length) {
+        sampling.push(row)
+        if (row.uniform !== undefined) uniforms[b] = row.uniform()
+      }
       ids[2 * b + LOW] = row.next
       positions[2 * b + LOW] = n
       temperatures[b] = row.temperature
@@ -769,7 +896,7 @@ export class BatchScheduler {
     }
     const out = await this.#forward("decode", {
       batch, sequenceLength: 1, pastLength: capacity, inputIds, positionIds, attentionMask,
-      pastKeys: this.#keys, pastValues: this.#values, sampleColumns, temperatures
+      pastKeys: this.#keys, pastValues: this.#values, sampleColumns, temperatures, uniforms, fetch: this.#fetchFor(sampling)
     })
     this.stats.decodeSteps += 1
     this.#stepsSinceAdmission += 1
@@ -801,7 +928,12 @@ export class BatchScheduler {
       if (row === undefined) return
       this.stats.decodeRows += 1
       row.fed.push(row.next)
-      if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize), b)) slots[b] = undefined
+      if (row.fedFrom < row.feed.length) {
+        // Still feeding the context: nothing to sample yet, unless the request was cancelled meanwhile.
+        if (this.#feedNext(row)) slots[b] = undefined
+      } else if (this.#accept(row, out.logits.subarray(b * vocabSize, (b + 1) * vocabSize), out.probs.subarray(b * vocabSize, (b + 1) * vocabSize), drawAt(out, b), b)) {
+        slots[b] = undefined
+      }
     })
     this.#stepDone()
     // Nothing left to decode: the buffer is stale, and the next joiners get a fresh one. Out of room: lay
@@ -811,17 +943,37 @@ export class BatchScheduler {
   }
 
   /**
+   * Moves a fed row on to its next context token. A request cancelled (or failed by the watchdog) while its
+   * context is fed leaves with no tokens: returns true.
+   */
+  #feedNext(row: Row): boolean {
+    const ticket = row.ticket
+    if (ticket.cancelled || ticket.settled) {
+      this.#settle(ticket, { tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version, policyVersions: [] })
+      row.next = -1
+      return true
+    }
+    row.next = row.feed[row.fedFrom++]!
+    ticket.progressAt = performance.now()
+    return false
+  }
+
+  /**
    * Samples the row's next token from its logits and the sampling head's probabilities (`slot`: where the
    * row sits in the batch, if it does). If that ends the turn, caches the row's keys and values under its
    * episode, resolves the request and returns true.
    */
-  #accept(row: Row, logits: Float32Array, probs: Float32Array, slot?: number): boolean {
+  #accept(row: Row, logits: Float32Array, probs: Float32Array, drawn: Sample | undefined, slot?: number): boolean {
     const ticket = row.ticket
     const request = ticket.request
     this.#options.onLogits?.(request.episodeId, logits)
     const replayed = request.replay?.[row.tokenIds.length]
     const sampleStarted = performance.now()
-    const sample = replayed === undefined ? row.sampler(logits, probs) : { token: replayed, logprob: tokenLogprob(logits, probs, replayed) }
+    const sample = replayed !== undefined
+      ? { token: replayed, logprob: tokenLogprob(logits, probs, replayed) }
+      : row.uniform !== undefined
+      ? drawn!
+      : row.sampler!(logits, probs)
     this.stats.sampleMs += performance.now() - sampleStarted
     row.tokenIds.push(sample.token)
     row.logprobs.push(sample.logprob)
@@ -978,6 +1130,8 @@ export class BatchScheduler {
         toRing(values, base, capacity, start + done, length, block, blockIndex(this.#model.shape, layer, 1, h, column), headDim)
       })
     }
+    // A fed row (see #feedRow) has only its cached part.
+    if (source.fresh === 0) return
     const from = ((source.index * kvHeads + h) * source.newLength + source.offset) * headDim
     toRing(keys, base, capacity, start + past, source.fresh, source.newKeys[layer]!, from, headDim)
     toRing(values, base, capacity, start + past, source.fresh, source.newValues[layer]!, from, headDim)
@@ -1042,6 +1196,10 @@ export class BatchScheduler {
     this.stats.copyMs += performance.now() - started
   }
 }
+
+/** Row `b`'s draw by the graph's sampling head, when the graph draws. */
+const drawAt = (out: ForwardOutputs, b: number): Sample | undefined =>
+  out.draws === undefined ? undefined : { token: Number(out.draws.tokens[b]!), logprob: out.draws.logprobs[b]! }
 
 const errorText = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
 

@@ -86,6 +86,11 @@ export class KvCacheStore {
     return this.#remove(episodeId)
   }
 
+  /** The entry, left in place (its place in the eviction order unchanged). */
+  peek(episodeId: string): CachedSequence | undefined {
+    return this.#entries.get(episodeId)
+  }
+
   put(episodeId: string, entry: CachedSequence): void {
     const replaced = this.#remove(episodeId)
     if (replaced !== undefined && replaced.blocks !== entry.blocks) this.recycle(replaced)

@@ -52,16 +52,26 @@ export interface ForwardInputs {
   readonly sampleColumns?: Int32Array
   /** [batch]: per row, the temperature the sampling head divides those logits by (1 when absent). */
   readonly temperatures?: Float32Array
+  /** [batch]: per row, the uniform number in [0, 1) the head draws the row's token with (see samplingHead). */
+  readonly uniforms?: Float32Array
+  /**
+   * Which vocabulary-wide outputs to fetch (both when absent); one not fetched comes back empty. Each is as
+   * large as the batch times the vocabulary, fresh memory every step that the garbage collector then has
+   * to reclaim, so a step fetches only what its samplers read.
+   */
+  readonly fetch?: { readonly logits: boolean; readonly probs: boolean }
 }
 
 export interface ForwardOutputs {
-  /** [batch, sequenceLength, vocab] */
+  /** [batch, sequenceLength, vocab]; empty when not fetched */
   readonly logits: Float32Array
   /**
    * [batch, vocab]: per row, softmax(logits at the row's sample column / the row's temperature), computed
-   * in float32 by the graph's sampling head (see samplingHead).
+   * in float32 by the graph's sampling head (see samplingHead); empty when not fetched.
    */
   readonly probs: Float32Array
+  /** [batch]: per row, the token the head drew with the row's uniform number, and its logprob (graphs of opset 11 on). */
+  readonly draws: { readonly tokens: BigInt64Array; readonly logprobs: Float32Array } | undefined
   /**
    * Per layer [batch, kvHeads, sequenceLength, headDim]: the keys and values of the positions just run,
    * position j of a row being the row's input column j.
@@ -136,10 +146,13 @@ export const prepareGraph = (bytes: Uint8Array): PreparedGraph => {
   return { graph: onnxProto.onnx.ModelProto.encode(model).finish(), layout, positionLimit, rowsCoupled }
 }
 
-/** The sampling head's inputs and output (see samplingHead). */
+/** The sampling head's inputs and outputs (see samplingHead). */
 const SAMPLE_ROWS = "episodic.sample_rows"
 const SAMPLE_TEMPERATURES = "episodic.sample_temperatures"
+const SAMPLE_UNIFORMS = "episodic.sample_uniforms"
 const SAMPLE_PROBS = "episodic.sample_probs"
+const SAMPLE_TOKENS = "episodic.sample_tokens"
+const SAMPLE_LOGPROBS = "episodic.sample_logprobs"
 
 /**
  * Appends the vocabulary-wide arithmetic of sampling to the graph, where ONNX Runtime's vectorized kernels
@@ -148,23 +161,21 @@ const SAMPLE_PROBS = "episodic.sample_probs"
  * vocabulary entry in JavaScript) and reads the drawn token's probability off. The row's maximum is
  * subtracted before dividing, as the float64 definition does: dividing large logits first would round
  * them at their own magnitude. The head computes each row on its own, so a row's probabilities do not
- * depend on the rows batched with it.
+ * depend on the rows batched with it. From opset 11 on the head also draws (see drawNodes).
  */
 const samplingHead = (graph: onnxProto.onnx.IGraphProto, opset: number): void => {
   const logits = (graph.output ?? []).find((o) => o.name === "logits")
   if (logits === undefined) return
   const { FLOAT, FLOAT16, INT32, INT64 } = onnxProto.onnx.TensorProto.DataType
-  const name = (part: string) => `episodic.sample/${part}`
-  const node = (opType: string, input: Array<string>, output: string, attribute: Array<onnxProto.onnx.IAttributeProto> = []) =>
-    ({ opType, input, output: [output], name: name(opType), attribute })
-  const int = (attribute: string, i: number) => ({ name: attribute, i, type: onnxProto.onnx.AttributeProto.AttributeType.INT })
+  const { node, int, int64s, name } = headBuilders
   const picked = logits.type?.tensorType?.elemType === FLOAT16 ? name("picked16") : name("picked")
-  const int64s = (part: string, values: Array<bigint>) => ({ name: name(part), dims: [values.length], dataType: INT64, rawData: new Uint8Array(BigInt64Array.from(values).buffer) })
+  const draws = opset >= 11
   graph.initializer = [...(graph.initializer ?? []), int64s("column", [-1n, 1n]), int64s("vocab_axis", [1n])]
   // ReduceMax takes its axes as an input from opset 18 on, as an attribute before.
   const reduceMax = opset >= 18
     ? node("ReduceMax", [name("picked"), name("vocab_axis")], name("max"))
     : node("ReduceMax", [name("picked")], name("max"), [{ name: "axes", ints: [1], type: onnxProto.onnx.AttributeProto.AttributeType.INTS }])
+  const vocab = Number(logits.type?.tensorType?.shape?.dim?.at(-1)?.dimValue ?? 0)
   graph.node = [
     ...(graph.node ?? []),
     node("Flatten", ["logits"], name("rows"), [int("axis", 2)]),
@@ -174,12 +185,108 @@ const samplingHead = (graph: onnxProto.onnx.IGraphProto, opset: number): void =>
     node("Sub", [name("picked"), name("max")], name("shifted")),
     node("Reshape", [SAMPLE_TEMPERATURES, name("column")], name("temperatures")),
     node("Div", [name("shifted"), name("temperatures")], name("scaled")),
-    node("Softmax", [name("scaled")], SAMPLE_PROBS, [int("axis", 1)])
+    node("Softmax", [name("scaled")], SAMPLE_PROBS, [int("axis", 1)]),
+    ...(draws ? drawNodes(graph, opset, vocab) : [])
   ]
   const tensor = (input: string, elemType: number, dims: Array<string>) =>
     ({ name: input, type: { tensorType: { elemType, shape: { dim: dims.map((dimParam) => ({ dimParam })) } } } })
-  graph.input = [...(graph.input ?? []), tensor(SAMPLE_ROWS, INT32, ["sample_count"]), tensor(SAMPLE_TEMPERATURES, FLOAT, ["sample_count"])]
-  graph.output = [...(graph.output ?? []), tensor(SAMPLE_PROBS, FLOAT, ["sample_count", "vocab_size"])]
+  graph.input = [
+    ...(graph.input ?? []),
+    tensor(SAMPLE_ROWS, INT32, ["sample_count"]),
+    tensor(SAMPLE_TEMPERATURES, FLOAT, ["sample_count"]),
+    ...(draws ? [tensor(SAMPLE_UNIFORMS, FLOAT, ["sample_count"])] : [])
+  ]
+  graph.output = [
+    ...(graph.output ?? []),
+    tensor(SAMPLE_PROBS, FLOAT, ["sample_count", "vocab_size"]),
+    ...(draws ? [tensor(SAMPLE_TOKENS, INT64, ["sample_count"]), tensor(SAMPLE_LOGPROBS, FLOAT, ["sample_count"])] : [])
+  ]
+}
+
+/** Helpers for the nodes and constants of the sampling head, all named under `episodic.sample/`. */
+const headBuilders = {
+  name: (part: string) => `episodic.sample/${part}`,
+  // Named after what they make: several nodes share an op type.
+  node: (opType: string, input: Array<string>, output: string, attribute: Array<onnxProto.onnx.IAttributeProto> = []) =>
+    ({ opType, input, output: [output], name: `${output}/${opType}`, attribute }),
+  int: (attribute: string, i: number) => ({ name: attribute, i, type: onnxProto.onnx.AttributeProto.AttributeType.INT }),
+  int64s: (part: string, values: Array<bigint>, dims: Array<number> = [values.length]): onnxProto.onnx.ITensorProto =>
+    ({ name: `episodic.sample/${part}`, dims, dataType: onnxProto.onnx.TensorProto.DataType.INT64, rawData: new Uint8Array(BigInt64Array.from(values).buffer) })
+}
+
+/**
+ * The head's draw: given per row a uniform number u in [0, 1) from the request's seeded stream
+ * (`sample_uniforms`), the token is the first whose cumulative probability exceeds u times the row's total,
+ * and its logprob log(p / total). So plain temperature sampling needs nothing vocabulary-wide to cross into
+ * JavaScript: a step fetches two numbers per row, not the whole distribution (fresh memory each step, which
+ * the garbage collector has to reclaim). It is the JavaScript sampler's inverse-CDF draw over float32 sums
+ * instead of float64 ones.
+ *
+ * In two levels, since ONNX Runtime's CumSum is slow (over a whole [64, 1024] row of probabilities it cost
+ * as much as an attention matmul of the tiny model): the vocabulary as blocks of `size` columns, the block
+ * whose running sum passes u times the total, then the column within it. Where rounding leaves no sum past
+ * the threshold (u times the total rounds up to the total), the choice is the last block, and column, with
+ * any probability.
+ */
+const drawNodes = (graph: onnxProto.onnx.IGraphProto, opset: number, vocab: number): Array<onnxProto.onnx.INodeProto> => {
+  const { node, int, int64s, name } = headBuilders
+  const { FLOAT } = onnxProto.onnx.TensorProto.DataType
+  // The largest power of two up to sqrt(vocab) that divides it (1 when the vocabulary's size is not static).
+  let size = 1
+  while (vocab > 0 && (2 * size) ** 2 <= vocab && vocab % (2 * size) === 0) size *= 2
+  graph.initializer = [
+    ...(graph.initializer ?? []),
+    int64s("last", [-1n]),
+    int64s("end", [BigInt(Number.MAX_SAFE_INTEGER)]),
+    int64s("axis", [1n], []),
+    int64s("block_axis", [2n]),
+    int64s("blocks_shape", [0n, -1n, BigInt(size)]),
+    int64s("block_shape", [-1n, BigInt(size)]),
+    int64s("one_by_one", [-1n, 1n, 1n]),
+    int64s("across_block", [1n, 1n, BigInt(size)]),
+    int64s("block_size", [BigInt(size)]),
+    { name: name("zero"), dims: [1], dataType: FLOAT, rawData: new Uint8Array(Float32Array.of(0).buffer) }
+  ]
+  // ReduceSum takes its axes as an input from opset 13 on, as an attribute before.
+  const blockSums = opset >= 13
+    ? node("ReduceSum", [name("blocks"), name("block_axis")], name("block_sums"), [int("keepdims", 0)])
+    : node("ReduceSum", [name("blocks")], name("block_sums"), [int("keepdims", 0), { name: "axes", ints: [2], type: onnxProto.onnx.AttributeProto.AttributeType.INTS }])
+  /** The first column of `sums` (running sums) past `threshold`, or else the first that reaches `total`, as [rows, 1]. */
+  const firstPast = (sums: string, threshold: string, total: string, out: string) => [
+    node("Greater", [sums, threshold], `${out}_past`),
+    node("Equal", [sums, total], `${out}_reached`),
+    node("Or", [`${out}_past`, `${out}_reached`], `${out}_chosen`),
+    node("Cast", [`${out}_chosen`], `${out}_float`, [int("to", FLOAT)]),
+    node("ArgMax", [`${out}_float`], out, [int("axis", 1), int("keepdims", 1)])
+  ]
+  return [
+    node("Reshape", [SAMPLE_PROBS, name("blocks_shape")], name("blocks")),
+    blockSums,
+    node("CumSum", [name("block_sums"), name("axis")], name("block_running")),
+    node("CumSum", [name("block_sums"), name("axis")], name("block_before"), [int("exclusive", 1)]),
+    node("Slice", [name("block_running"), name("last"), name("end"), name("vocab_axis")], name("total")),
+    node("Reshape", [SAMPLE_UNIFORMS, name("column")], name("uniforms")),
+    node("Mul", [name("uniforms"), name("total")], name("threshold")),
+    ...firstPast(name("block_running"), name("threshold"), name("total"), name("block")),
+    // The block's own probabilities, and what is left of the threshold once the blocks before it are passed.
+    node("GatherElements", [name("block_before"), name("block")], name("before"), [int("axis", 1)]),
+    node("Sub", [name("threshold"), name("before")], name("left_signed")),
+    node("Max", [name("left_signed"), name("zero")], name("left")),
+    node("Reshape", [name("block"), name("one_by_one")], name("block_3d")),
+    node("Expand", [name("block_3d"), name("across_block")], name("block_columns")),
+    node("GatherElements", [name("blocks"), name("block_columns")], name("chosen_block_3d"), [int("axis", 1)]),
+    node("Reshape", [name("chosen_block_3d"), name("block_shape")], name("chosen_block")),
+    node("CumSum", [name("chosen_block"), name("axis")], name("within_running")),
+    node("Slice", [name("within_running"), name("last"), name("end"), name("vocab_axis")], name("within_total")),
+    ...firstPast(name("within_running"), name("left"), name("within_total"), name("within")),
+    node("Mul", [name("block"), name("block_size")], name("block_start")),
+    node("Add", [name("block_start"), name("within")], name("token")),
+    node("Reshape", [name("token"), name("last")], SAMPLE_TOKENS),
+    node("GatherElements", [name("chosen_block"), name("within")], name("drawn"), [int("axis", 1)]),
+    node("Div", [name("drawn"), name("total")], name("share")),
+    node("Log", [name("share")], name("logprob")),
+    node("Reshape", [name("logprob"), name("last")], SAMPLE_LOGPROBS)
+  ]
 }
 
 /**
@@ -288,6 +395,8 @@ export class OnnxCausalLM {
   readonly #hasPositionIds: boolean
   /** The outputs fetched: logits, and the new positions' keys and values (our exporter's graphs) or the present cache. */
   readonly #fetches: Array<string>
+  /** The graph's head draws tokens (see samplingHead). */
+  readonly drawsInGraph: boolean
   readonly #fetchesNewOnly: boolean
   readonly #keyName: (layer: number) => string
   readonly #valueName: (layer: number) => string
@@ -325,9 +434,11 @@ export class OnnxCausalLM {
     if (style === undefined) throw new ModelLoadError(`${directory}: the ONNX graph has no past_key_values.0.key input (export it with the KV cache)`)
     const outputs = created.session.outputNames
     this.#fetchesNewOnly = outputs.includes("new_key_values.0.key")
+    const draws = outputs.includes(SAMPLE_TOKENS) ? [SAMPLE_TOKENS, SAMPLE_LOGPROBS] : []
     this.#fetches = this.#fetchesNewOnly
-      ? ["logits", SAMPLE_PROBS, ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
-      : ["logits", SAMPLE_PROBS, ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
+      ? ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
+      : ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
+    this.drawsInGraph = outputs.includes(SAMPLE_TOKENS)
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
     this.#hasCacheBranch = inputs.includes("use_cache_branch")
@@ -429,8 +540,11 @@ export class OnnxCausalLM {
   async #forwardRows(inputs: ForwardInputs): Promise<ForwardOutputs> {
     const { batch: b, sequenceLength: s, pastLength: p } = inputs
     const { numLayers, kvHeads, headDim, vocabSize } = this.shape
-    const logits = new Float32Array(b * s * vocabSize)
-    const probs = new Float32Array(b * vocabSize)
+    const fetchLogits = inputs.fetch?.logits ?? true
+    const fetchProbs = inputs.fetch?.probs ?? true
+    const logits = fetchLogits ? new Float32Array(b * s * vocabSize) : NOTHING
+    const probs = fetchProbs ? new Float32Array(b * vocabSize) : NOTHING
+    const draws = this.drawsInGraph ? { tokens: new BigInt64Array(b), logprobs: new Float32Array(b) } : undefined
     const newKeys = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
     const newValues = Array.from({ length: numLayers }, () => new Float32Array(b * kvHeads * s * headDim))
     for (let r = 0; r < b; r++) {
@@ -468,10 +582,16 @@ export class OnnxCausalLM {
         pastKeys: inputs.pastKeys.map(past),
         pastValues: inputs.pastValues.map(past),
         sampleColumns: Int32Array.of(Math.min(Math.max((inputs.sampleColumns?.[r] ?? s - 1) - lo, 0), n - 1)),
-        temperatures: Float32Array.of(inputs.temperatures?.[r] ?? 1)
+        temperatures: Float32Array.of(inputs.temperatures?.[r] ?? 1),
+        uniforms: Float32Array.of(inputs.uniforms?.[r] ?? 0),
+        fetch: { logits: fetchLogits, probs: fetchProbs }
       })
-      logits.set(out.logits, (r * s + lo) * vocabSize)
-      probs.set(out.probs, r * vocabSize)
+      if (fetchLogits) logits.set(out.logits, (r * s + lo) * vocabSize)
+      if (fetchProbs) probs.set(out.probs, r * vocabSize)
+      if (draws !== undefined && out.draws !== undefined) {
+        draws.tokens[r] = out.draws.tokens[0]!
+        draws.logprobs[r] = out.draws.logprobs[0]!
+      }
       for (let layer = 0; layer < numLayers; layer++) {
         for (let h = 0; h < kvHeads; h++) {
           const to = ((r * kvHeads + h) * s + lo) * headDim
@@ -480,7 +600,7 @@ export class OnnxCausalLM {
         }
       }
     }
-    return { logits, probs, newKeys, newValues }
+    return { logits, probs, draws, newKeys, newValues }
   }
 
   async #forwardBatch(inputs: ForwardInputs): Promise<ForwardOutputs> {
@@ -507,7 +627,10 @@ export class OnnxCausalLM {
     }
     // Fetching the whole present cache costs more than the step itself (a copy into JavaScript of every
     // key and value); when the graph offers the new positions alone, only those cross over.
-    const out = await this.#session.run(feeds, this.#fetches)
+    if (this.drawsInGraph) feeds[SAMPLE_UNIFORMS] = new ort.Tensor("float32", inputs.uniforms ?? new Float32Array(b), [b])
+    const fetchLogits = inputs.fetch?.logits ?? true
+    const fetchProbs = inputs.fetch?.probs ?? true
+    const out = await this.#session.run(feeds, this.#fetchList(fetchLogits, fetchProbs))
     const float32 = (name: string) => asFloat32(out[name]!)
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
@@ -526,13 +649,26 @@ export class OnnxCausalLM {
         newValues.push(rowPositions(out[`present.${layer}.value`]!, starts, kvHeads, s, headDim))
       }
     }
-    return { logits: float32("logits"), probs: float32(SAMPLE_PROBS), newKeys, newValues }
+    return {
+      logits: fetchLogits ? float32("logits") : NOTHING,
+      probs: fetchProbs ? float32(SAMPLE_PROBS) : NOTHING,
+      draws: this.drawsInGraph ? { tokens: out[SAMPLE_TOKENS]!.data as BigInt64Array, logprobs: float32(SAMPLE_LOGPROBS) } : undefined,
+      newKeys,
+      newValues
+    }
+  }
+
+  /** The outputs to fetch: the cache's, the draws when the graph makes them, and the logits and probabilities when asked. */
+  #fetchList(logits: boolean, probs: boolean): Array<string> {
+    return this.#fetches.filter((name) => (name !== "logits" || logits) && (name !== SAMPLE_PROBS || probs))
   }
 
   async release(): Promise<void> {
     await this.#session.release()
   }
 }
+
+const NOTHING = new Float32Array(0)
 
 /** The last `count` of `length` positions of each of `rows` rows of [rows, length, headDim]. */
 const lastPositions = (data: Float32Array, rows: number, length: number, count: number, headDim: number): Float32Array => {

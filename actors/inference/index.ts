@@ -33,6 +33,8 @@ export interface InferenceActorOptions {
   readonly maxBatchSize?: number
   /** Padded tokens in one prefill batch at most (default 4096). */
   readonly maxPrefillTokens?: number
+  /** Turns continuing a cache with at most this many new tokens run them in decode steps, no prefill (default 0: off). */
+  readonly feedMaxTokens?: number
   /** Bytes of KV caches kept between turns; least recently used go first (default 1 GiB). */
   readonly cacheBudgetBytes?: number
   /**
@@ -78,6 +80,7 @@ const settingsOf = (options: InferenceActorOptions): ActorSettings => ({
   model: options.model,
   maxBatchSize: options.maxBatchSize ?? 64,
   maxPrefillTokens: options.maxPrefillTokens ?? 4096,
+  feedMaxTokens: options.feedMaxTokens ?? 0,
   cacheBudgetBytes: options.cacheBudgetBytes ?? 1024 ** 3,
   stallTimeoutMs: options.stallTimeoutMs ?? 60_000,
   provider: options.provider ?? "cpu",

@@ -8,6 +8,7 @@ export interface ActorSettings {
   readonly model: string
   readonly maxBatchSize: number
   readonly maxPrefillTokens: number
+  readonly feedMaxTokens: number
   readonly cacheBudgetBytes: number
   readonly stallTimeoutMs: number
   readonly provider: ExecutionProvider

@@ -96,6 +96,29 @@ export const tokenLogprob = (logits: Float32Array, probs: Float32Array, token: n
 export const headTemperature = (settings: SamplingSettings): number => (settings.temperature === 0 ? 1 : settings.temperature)
 
 /**
+ * Whether a request's sampler reads the logits, not only the sampling head's probabilities: greedy, top-k /
+ * top-p and replays (a replayed token far out in the tail) do; plain temperature sampling does not.
+ */
+export const readsLogits = (settings: SamplingSettings & { readonly replay?: unknown }): boolean =>
+  settings.temperature === 0 || settings.topK > 0 || settings.topP < 1 || settings.replay !== undefined
+
+/** Whether the graph's sampling head draws a request's tokens: plain temperature sampling (not greedy, no top-k / top-p, not a replay). */
+export const drawnInGraph = (settings: SamplingSettings & { readonly replay?: unknown }): boolean =>
+  settings.temperature > 0 && settings.topK <= 0 && settings.topP >= 1 && settings.replay === undefined
+
+/** The largest float32 below 1: a uniform number must stay below 1 once it is a float32. */
+const BELOW_ONE = 1 - 2 ** -24
+
+/**
+ * The uniform numbers in [0, 1) the graph's head draws a request's tokens with (see samplingHead in
+ * OnnxCausalLM.ts): one per token, from the stream the request's seed starts, as the JavaScript sampler's.
+ */
+export const makeUniforms = (seed: number): (() => number) => {
+  const random = mulberry32(seed)
+  return () => Math.min(random(), BELOW_ONE)
+}
+
+/**
  * A sampler for one generation request: its random stream is seeded by the request's (episode, turn) seed.
  * It takes a row of logits and `probs`, softmax(logits / headTemperature) from the graph's sampling head.
  * Greedy takes the logits' argmax; temperature sampling walks the cumulative probabilities (additions only);
@@ -106,7 +129,7 @@ export const makeSampler = (settings: SamplingSettings, seed: number) => {
   const truncates = settings.topK > 0 || settings.topP < 1
   const t = headTemperature(settings)
   return (logits: Float32Array, probs: Float32Array): Sample => {
-    const n = logits.length
+    const n = probs.length
     if (settings.temperature === 0) {
       const token = argmax(logits)
       return { token, logprob: tokenLogprob(logits, probs, token) }

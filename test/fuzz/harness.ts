@@ -101,6 +101,9 @@ export interface FuzzReport {
   readonly layout: CacheLayout
   readonly rowsAlone: string | undefined
   readonly maxBatchSize: number
+  /** The scheduler's feedMaxTokens, and how many turns joined with their new tokens fed rather than prefilled. */
+  readonly feedMaxTokens: number
+  readonly fedRequests: number
   readonly requests: number
   readonly settled: number
   readonly tokensChecked: number
@@ -131,17 +134,32 @@ const LOGPROB_TOLERANCE = 1e-4
 const LOGIT_TOLERANCE = 1e-3
 
 /** Runs one seeded case to the end: every request settled (or reported as hung), every token checked. */
-export const runCase = async (bench: FuzzBench, seed: number, options: { readonly hangAfterMs?: number } = {}): Promise<FuzzReport> => {
+export interface CaseOptions {
+  readonly hangAfterMs?: number
+  /** Instead of the seed's draws: to aim a set of seeds at one path (turns fed through decode steps). */
+  readonly feedMaxTokens?: number
+  readonly cacheBudgetBytes?: number
+  /**
+   * Record each token's row of logits through the scheduler's onLogits (default). Without it the scheduler
+   * fetches logits only for rows whose sampler reads them, and the case checks logprobs and greedy tokens.
+   */
+  readonly watchLogits?: boolean
+}
+
+export const runCase = async (bench: FuzzBench, seed: number, options: CaseOptions = {}): Promise<FuzzReport> => {
   const random = mulberry32(seed)
   const below = (n: number) => Math.floor(random() * n)
   const pick = <T>(values: ReadonlyArray<T>): T => values[below(values.length)]!
   const chance = (p: number) => random() < p
 
   const maxBatchSize = pick([1, 2, 3, 4, 5, 7, 8, 12, 16, 24, 32, 48, 64])
-  const cacheBudgetBytes = pick([0, 30_000, 300_000, 3_000_000, 1 << 30])
+  const drawnBudget = pick([0, 30_000, 300_000, 3_000_000, 1 << 30])
+  const cacheBudgetBytes = options.cacheBudgetBytes ?? drawnBudget
   const maxPrefillTokens = pick([16, 64, 256, 1024, 4096])
   const episodes = 1 + below(Math.min(3 * maxBatchSize + 2, 40))
   const maxSwaps = pick([0, 1, 3, 6])
+  // From a stream of its own, so that adding it left every earlier seed's schedule as it was.
+  const feedMaxTokens = options.feedMaxTokens ?? [0, 2, 8, 16, 64, 64][Math.floor(mulberry32(seed + 0x5eed)() * 6)]!
   const stopTokens = Array.from({ length: pick([0, 1, 3]) }, () => below(bench.vocab))
   const stopStrings = bench.decode === undefined ? [] : pick([[], [], ["e"], ["the", "\n"], ["at"]])
 
@@ -154,15 +172,20 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
     events.sort((a, b) => a.at - b.at)
     while (events.length > 0 && events[0]!.at <= clock) events.shift()!.fire()
   }
+  /** A token was chosen: the clock moves on. Events fire between two steps, as messages from other threads would arrive. */
+  const tick = () => {
+    clock += 1
+    queueMicrotask(fireDue)
+  }
   const scheduler = new BatchScheduler(model, {
-    maxBatchSize, maxPrefillTokens, cacheBudgetBytes, maxPositions: bench.maxPositions, stallTimeoutMs: 60_000,
+    maxBatchSize, maxPrefillTokens, feedMaxTokens, cacheBudgetBytes, maxPositions: bench.maxPositions, stallTimeoutMs: 60_000,
     ...(bench.decode === undefined ? {} : { decode: bench.decode }),
-    onLogits: (episodeId, logits) => {
-      current.get(episodeId)?.logits.push(logits.slice())
-      clock += 1
-      // Events fire between two steps, as messages from other threads would arrive.
-      queueMicrotask(fireDue)
-    }
+    ...(options.watchLogits === false ? {} : {
+      onLogits: (episodeId: string, logits: Float32Array) => {
+        current.get(episodeId)?.logits.push(logits.slice())
+        tick()
+      }
+    })
   })
 
   const turns: Array<Turn> = []
@@ -227,7 +250,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
       // The episode ends mid-turn sometimes (its request runs on, but it must not leave a cache behind).
       const forgetMidTurn = chance(0.04)
       if (forgetMidTurn) at(below(10), () => scheduler.forget(episodeId))
-      scheduler.generate(request).then(
+      scheduler.generate(request, options.watchLogits === false ? tick : undefined).then(
         (result) => (record.outcome = result),
         (error: Error) => (record.outcome = error)
       ).then(() => {
@@ -349,7 +372,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: { readonl
     }
   }
   return {
-    seed, model: bench.kind, layout, rowsAlone, maxBatchSize, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
+    seed, model: bench.kind, layout, rowsAlone, maxBatchSize, feedMaxTokens, fedRequests: stats.fedRequests ?? 0, requests: turns.length, settled: turns.filter((t) => t.outcome !== undefined).length,
     tokensChecked, ambiguousTokens: ambiguous, worstLogprobDifference: worstLogprob, worstLogitDifference: worstLogit, swaps, cancels,
     evictions: stats.evictions ?? 0, recomputedTokens: stats.recomputedTokens ?? 0, finishReasons, failures
   }
