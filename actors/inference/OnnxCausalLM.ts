@@ -222,8 +222,8 @@ const headBuilders = {
  * the garbage collector has to reclaim). It is the JavaScript sampler's inverse-CDF draw over float32 sums
  * instead of float64 ones.
  *
- * In two levels, since ONNX Runtime's CumSum is slow (over a whole [64, 1024] row of probabilities it cost
- * as much as an attention matmul of the tiny model): the vocabulary as blocks of `size` columns, the block
+ * In two levels, since ONNX Runtime's CumSum is slow (over whole rows of probabilities it cost about as much
+ * as one of the tiny model's attention products): the vocabulary as blocks of `size` columns, the block
  * whose running sum passes u times the total, then the column within it. Where rounding leaves no sum past
  * the threshold (u times the total rounds up to the total), the choice is the last block, and column, with
  * any probability.
