@@ -33,7 +33,7 @@
  */
 import type { ForwardInputs, ForwardOutputs, OnnxCausalLM } from "./OnnxCausalLM.ts"
 import { blockIndex, forEachRun, KvCacheStore, type CachedSequence } from "./KvCacheStore.ts"
-import { drawnInGraph, headTemperature, makeSampler, makeUniforms, readsLogits, type Sample, type Sampler, tokenLogprob } from "./sampling.ts"
+import { headTemperature, makeSampler, makeUniforms, plainTemperature, type Sample, type Sampler, tokenLogprob } from "./sampling.ts"
 
 export interface SchedulerRequest {
   readonly episodeId: string
@@ -139,7 +139,7 @@ interface Ticket {
 
 /**
  * How a request's tokens are chosen: drawn by the graph's sampling head with `uniform`'s numbers (plain
- * temperature sampling, see drawnInGraph), or by `sampler` in JavaScript from the fetched logits and
+ * temperature sampling, see plainTemperature), or by `sampler` in JavaScript from the fetched logits and
  * probabilities. Exactly one of the two is defined.
  */
 interface RowSampling {
@@ -147,7 +147,7 @@ interface RowSampling {
   readonly sampler: Sampler | undefined
   /** The temperature the graph's sampling head divides this row's logits by (1 for a replay). */
   readonly temperature: number
-  /** The JavaScript sampler reads the logits, not only the head's probabilities (see readsLogits). */
+  /** The JavaScript sampler reads the logits, not only the head's probabilities (all but plain temperature sampling). */
   readonly readsLogits: boolean
 }
 
@@ -272,6 +272,8 @@ export class BatchScheduler {
   readonly #options: SchedulerOptions
   readonly #stallTimeoutMs: number
   readonly #feedMaxTokens: number
+  /** Turns may join with their new tokens fed through decode steps (feedMaxTokens > 0, ring layout only). */
+  readonly #feeding: boolean
   readonly #cache: KvCacheStore
   /** Every request accepted and not yet settled, wherever it is. */
   readonly #tickets = new Set<Ticket>()
@@ -328,6 +330,7 @@ export class BatchScheduler {
     this.#options = options
     this.#stallTimeoutMs = options.stallTimeoutMs ?? 60_000
     this.#feedMaxTokens = options.feedMaxTokens ?? 0
+    this.#feeding = this.#ring && this.#feedMaxTokens > 0
     this.#cache = new KvCacheStore(options.cacheBudgetBytes, model.shape)
   }
 
@@ -387,12 +390,17 @@ export class BatchScheduler {
       const queued = this.#waiting.indexOf(ticket)
       if (queued >= 0) {
         this.#waiting.splice(queued, 1)
-        this.#settle(ticket, { tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version, policyVersions: [] })
+        this.#settle(ticket, this.#abortedEmpty())
       } else {
         // Admitted or running: the row ends at its next token, wherever it is then.
         ticket.cancelled = true
       }
     }
+  }
+
+  /** The result of a request that ends before it has a token. */
+  #abortedEmpty(): SchedulerResult {
+    return { tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version, policyVersions: [] }
   }
 
   /** Drops an episode's cached keys and values (the episode ended), and any its running request would leave. */
@@ -484,7 +492,7 @@ export class BatchScheduler {
     while (this.#waiting.length > 0 || this.#live().length > 0 || this.#staged !== undefined) {
       if (this.#closed) throw new Error("the inference actor closed")
       if (this.#staged !== undefined) await this.#swapWeights()
-      if (this.#waiting.length > 0 && this.#live().length < this.#options.maxBatchSize) this.#place(await this.#admit())
+      if (this.#shouldAdmit()) this.#place(await this.#admit())
       this.#compact()
       if (this.#live().length > 0) await this.#decode()
     }
@@ -498,6 +506,15 @@ export class BatchScheduler {
   #prefillDue(room: number): boolean {
     const group = Math.min(room, Math.max(1, Math.floor(this.#options.maxBatchSize / 8)))
     return this.#live().length === 0 || this.#waiting.length >= group || this.#stepsSinceAdmission >= 4
+  }
+
+  /**
+   * Whether to go through the queue before this step: there is room, and a prefill is due or turns may join
+   * without one. With feeding off, a step with no prefill due leaves the queue alone.
+   */
+  #shouldAdmit(): boolean {
+    const room = this.#options.maxBatchSize - this.#live().length
+    return this.#waiting.length > 0 && room > 0 && (this.#feeding || this.#prefillDue(room))
   }
 
   /**
@@ -516,7 +533,7 @@ export class BatchScheduler {
   #feedable(ticket: Ticket): boolean {
     const context = ticket.request.contextIds
     const cached = this.#cache.peek(ticket.request.episodeId)
-    return this.#ring && cached !== undefined && context.length - cached.tokens.length <= this.#feedMaxTokens && this.#usable(cached, context)
+    return this.#feeding && cached !== undefined && context.length - cached.tokens.length <= this.#feedMaxTokens && this.#usable(cached, context)
   }
 
   #live(): Array<Row> {
@@ -773,12 +790,13 @@ export class BatchScheduler {
 
   /** How a request's tokens are chosen (see RowSampling). */
   #samplingOf(request: SchedulerRequest): RowSampling {
-    const inGraph = this.#model.drawsInGraph && drawnInGraph(request)
+    const plain = plainTemperature(request)
+    const inGraph = plain && this.#model.drawsInGraph
     return {
       uniform: inGraph ? makeUniforms(request.seed) : undefined,
       sampler: inGraph ? undefined : makeSampler(request, request.seed),
       temperature: rowTemperature(request),
-      readsLogits: readsLogits(request)
+      readsLogits: !plain
     }
   }
 
@@ -949,7 +967,7 @@ export class BatchScheduler {
   #feedNext(row: Row): boolean {
     const ticket = row.ticket
     if (ticket.cancelled || ticket.settled) {
-      this.#settle(ticket, { tokenIds: [], logprobs: [], finishReason: "aborted", policyVersion: this.#version, policyVersions: [] })
+      this.#settle(ticket, this.#abortedEmpty())
       row.next = -1
       return true
     }

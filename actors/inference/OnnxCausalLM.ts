@@ -395,6 +395,8 @@ export class OnnxCausalLM {
   readonly #hasPositionIds: boolean
   /** The outputs fetched: logits, and the new positions' keys and values (our exporter's graphs) or the present cache. */
   readonly #fetches: Array<string>
+  /** `#fetches` without the logits and / or the probabilities, indexed by (logits ? 2 : 0) + (probs ? 1 : 0): made once, not per step. */
+  readonly #fetchLists: ReadonlyArray<Array<string>>
   /** The graph's head draws tokens (see samplingHead). */
   readonly drawsInGraph: boolean
   readonly #fetchesNewOnly: boolean
@@ -438,6 +440,8 @@ export class OnnxCausalLM {
     this.#fetches = this.#fetchesNewOnly
       ? ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
       : ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
+    this.#fetchLists = [0, 1, 2, 3].map((bits) =>
+      this.#fetches.filter((name) => (name !== "logits" || (bits & 2) !== 0) && (name !== SAMPLE_PROBS || (bits & 1) !== 0)))
     this.drawsInGraph = outputs.includes(SAMPLE_TOKENS)
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
@@ -630,7 +634,7 @@ export class OnnxCausalLM {
     if (this.drawsInGraph) feeds[SAMPLE_UNIFORMS] = new ort.Tensor("float32", inputs.uniforms ?? new Float32Array(b), [b])
     const fetchLogits = inputs.fetch?.logits ?? true
     const fetchProbs = inputs.fetch?.probs ?? true
-    const out = await this.#session.run(feeds, this.#fetchList(fetchLogits, fetchProbs))
+    const out = await this.#session.run(feeds, this.#fetchLists[(fetchLogits ? 2 : 0) + (fetchProbs ? 1 : 0)]!)
     const float32 = (name: string) => asFloat32(out[name]!)
     const newKeys: Array<Float32Array> = []
     const newValues: Array<Float32Array> = []
@@ -658,10 +662,6 @@ export class OnnxCausalLM {
     }
   }
 
-  /** The outputs to fetch: the cache's, the draws when the graph makes them, and the logits and probabilities when asked. */
-  #fetchList(logits: boolean, probs: boolean): Array<string> {
-    return this.#fetches.filter((name) => (name !== "logits" || logits) && (name !== SAMPLE_PROBS || probs))
-  }
 
   async release(): Promise<void> {
     await this.#session.release()

@@ -96,14 +96,11 @@ export const tokenLogprob = (logits: Float32Array, probs: Float32Array, token: n
 export const headTemperature = (settings: SamplingSettings): number => (settings.temperature === 0 ? 1 : settings.temperature)
 
 /**
- * Whether a request's sampler reads the logits, not only the sampling head's probabilities: greedy, top-k /
- * top-p and replays (a replayed token far out in the tail) do; plain temperature sampling does not.
+ * Plain temperature sampling (not greedy, no top-k / top-p, not a replay): its draw needs only the sampling
+ * head's probabilities, so the graph's head can make it. Every other sampler also reads the logits (greedy,
+ * top-k / top-p, and a replayed token far out in the tail).
  */
-export const readsLogits = (settings: SamplingSettings & { readonly replay?: unknown }): boolean =>
-  settings.temperature === 0 || settings.topK > 0 || settings.topP < 1 || settings.replay !== undefined
-
-/** Whether the graph's sampling head draws a request's tokens: plain temperature sampling (not greedy, no top-k / top-p, not a replay). */
-export const drawnInGraph = (settings: SamplingSettings & { readonly replay?: unknown }): boolean =>
+export const plainTemperature = (settings: SamplingSettings & { readonly replay?: unknown }): boolean =>
   settings.temperature > 0 && settings.topK <= 0 && settings.topP >= 1 && settings.replay === undefined
 
 /** The largest float32 below 1: a uniform number must stay below 1 once it is a float32. */
