@@ -7,7 +7,10 @@
  * 1. Concurrency 64: the loop and the engine alternate three times and each keeps its fastest round, so a
  *    burst of other work on a shared machine does not land on one side only. A second hand-written loop
  *    runs the same episodes 64 at once (plain async loops): interleaving costs any program something, and
- *    `engine_overhead_vs_loop64_us_per_turn` is what the engine adds beyond it.
+ *    `engine_overhead_vs_loop64_us_per_turn` is what the engine adds beyond it. A fourth run in the same rounds
+ *    plays them with plain async functions that drive the episode machine's actors and encode the records as
+ *    the engine does, with no Effect on a turn's path: `plain_host_overhead_vs_loop64_us_per_turn` is what
+ *    the shape itself (an XState actor per episode, its record, the stream) costs before the engine's own work.
  * 2. Live episodes: ENGINE_LIVE (default 10,000) episodes at once, each environment step taking 1 s, so that
  *    they are alive together. CPU time per turn against the loop's gives the overhead at that scale; the
  *    heap after a full GC once every episode has started, less the heap before, per live episode, gives
@@ -31,7 +34,7 @@
  */
 import { Deferred, Effect, Layer, Stream } from "effect"
 import { createActor } from "xstate"
-import { episodeMachine } from "../machines/episode.ts"
+import { episodeMachine, generateInput } from "../machines/episode.ts"
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { Engine } from "../src/Engine.ts"
@@ -342,6 +345,59 @@ const machineOnly = (count: number, turnsPerEpisode: number, tokensPerTurn: numb
   return stop(turns)
 }
 
+/**
+ * The same episodes through the same stream, each a plain async function that drives the episode machine's
+ * actor with the same events the engine's host sends, and takes the record from it: the engine without
+ * Effect on the turn's path (no fiber per episode, no effect per call, no environment actor, no Schema
+ * classes), so what an XState actor per episode costs with nothing else of the engine around it.
+ */
+const machineWithPlainHost = async (tokenizer: ChatTokenizer, row: DatasetRow, index: number): Promise<Trajectory.Trajectory> => {
+  const signal = new AbortController().signal
+  const environment = gridQuest.make({})
+  const seed = row.extra_info.seed!
+  const actor = createActor(episodeMachine, {
+    input: { id: `${index}-0`, groupId: String(index), interaction: "grid-quest", seed, limits: engineOptions.limits }
+  }).start()
+  const reset = await environment.reset({ seed, row, signal })
+  const messages = [{ role: "system" as const, content: reset.systemPrompt! }, { role: "user" as const, content: reset.observation as string }]
+  actor.send({ type: "RESET_DONE", output: { messages, promptIds: tokenizer.renderPrompt(messages) } })
+  const stopId = tokenizer.stopTokenIds.at(-1)!
+  for (let snapshot = actor.getSnapshot(); snapshot.status === "active"; snapshot = actor.getSnapshot()) {
+    const { contextIds } = generateInput(snapshot.context)
+    const tokenIds = [...tokenizer.encode(solver(tokenizer.decode(contextIds, { skipSpecialTokens: false }))), stopId]
+    const text = tokenizer.decode(tokenIds)
+    actor.send({ type: "GENERATE_DONE", output: { tokenIds, logprobs: new Array<number>(tokenIds.length).fill(0), text, policyVersion: 0 } })
+    if (actor.getSnapshot().status !== "active") break
+    const step = await environment.step(text, { signal })
+    const observationIds = step.done ? [] : tokenizer.appendMessage({ role: "user", content: step.observation }, tokenIds)
+    actor.send({
+      type: "INTERACT_DONE",
+      output: { observation: step.observation, role: "user", reward: step.reward, done: step.done, observationIds, ...(step.info === undefined ? {} : { info: step.info }) }
+    })
+  }
+  const trajectory = actor.getSnapshot().output as Trajectory.Trajectory
+  actor.stop()
+  return trajectory
+}
+
+/** machineWithPlainHost for every row, 64 at once through a stream, each record encoded as the engine's. */
+const plainHostRun = (tokenizer: ChatTokenizer): Promise<Timed> => {
+  let turns = 0
+  const stop = timer()
+  return Stream.fromIterable(gridQuest.rows!({ seed: 0, count: episodes, config: {} })).pipe(
+    Stream.zipWithIndex,
+    Stream.mapEffect(([row, index]) => Effect.promise(() => machineWithPlainHost(tokenizer, row, index)), { concurrency: 64, unordered: true }),
+    Stream.buffer({ capacity: Math.ceil(engineOptions.bufferCapacity / 2) }),
+    Stream.runForEach((trajectory) =>
+      Effect.sync(() => {
+        JSON.stringify(Trajectory.encode(trajectory))
+        turns += trajectory.numTurns
+      })
+    ),
+    Effect.runPromise
+  ).then(() => stop(turns))
+}
+
 /** CPU µs per turn. */
 const perTurn = (r: Timed) => (1e6 * r.cpuSeconds) / r.turns
 const fastest = (runs: ReadonlyArray<Timed>) => runs.reduce((best, r) => (perTurn(r) < perTurn(best) ? r : best))
@@ -351,17 +407,23 @@ export default async () => {
   await directLoop(tokenizer) // warm-up: JIT and tokenizer caches
   await engineRun(tokenizer, { concurrency: 64, count: episodes })
   await concurrentLoop(tokenizer, { concurrency: 64, count: episodes })
+  await plainHostRun(tokenizer)
   const directs: Array<Timed> = []
   const loops64: Array<Timed> = []
   const engines: Array<Timed> = []
+  const plainHosts: Array<Timed> = []
   for (let round = 0; round < rounds; round++) {
     directs.push(await directLoop(tokenizer))
     loops64.push(await concurrentLoop(tokenizer, { concurrency: 64, count: episodes }))
     engines.push(await engineRun(tokenizer, { concurrency: 64, count: episodes }))
+    plainHosts.push(await plainHostRun(tokenizer))
   }
   const direct = fastest(directs)
   const loop64 = fastest(loops64)
   const concurrent = fastest(engines)
+  const plainHost = fastest(plainHosts)
+  // Both play the same episodes: a different count of turns would mean the plain host plays another game.
+  if (plainHost.turns !== concurrent.turns) throw new Error(`the plain host played ${plainHost.turns} turns, the engine ${concurrent.turns}`)
   const live = await liveRun(tokenizer)
   const liveLoop = heapOnly ? undefined : await concurrentLoop(tokenizer, { concurrency: liveEpisodes, count: liveEpisodes, definition: slowGridQuest(liveEpisodes, () => {}) })
   // The concurrency-64 run's shape: turns per episode, and environment tokens per turn (about a third of a
@@ -378,6 +440,7 @@ export default async () => {
     ["hand-written loop, one episode at a time (fastest of 3)", episodes, direct],
     ["hand-written loop, 64 at once (fastest of 3)", episodes, loop64],
     ["engine, concurrency 64 (fastest of 3)", episodes, concurrent],
+    ["episode machine with a plain async host (no Effect), 64 at once (fastest of 3)", episodes, plainHost],
     ...(liveLoop === undefined ? [] : [[`hand-written loop, ${liveEpisodes} at once, 1 s steps`, liveEpisodes, liveLoop] as const]),
     ...(heapOnly ? [] : [[`engine, ${liveEpisodes} at once, 1 s steps`, liveEpisodes, live] as const])
   ] as const
@@ -407,6 +470,9 @@ export default async () => {
     engine_overhead_vs_loop64_us_per_turn: Math.round(perTurn(concurrent) - perTurn(loop64)),
     engine_turns_per_second: Math.round(concurrent.turns / concurrent.seconds),
     machine_us_per_turn: Math.round(perTurn(machine)),
+    // The engine's shape without Effect on the turn's path: an XState actor per episode, records and stream.
+    plain_host_us_per_turn: Math.round(perTurn(plainHost)),
+    plain_host_overhead_vs_loop64_us_per_turn: Math.round(perTurn(plainHost) - perTurn(loop64)),
     live_episodes: live.heap.live,
     // A run stopped once its heap was measured played only first turns: no figure per turn.
     live_turns: heapOnly ? null : live.turns,

@@ -24,9 +24,9 @@ import {
 } from "../machines/episode.ts"
 import type { DatasetRow } from "./DatasetRow.ts"
 import * as EnvironmentActor from "../actors/environment/index.ts"
-import { type Environment, EnvironmentError, type ResetResultSchema } from "./Environment.ts"
+import { type Environment, EnvironmentError, type ResetResultSchema, type StepResultSchema } from "./Environment.ts"
 import { errorMessage } from "./errorMessage.ts"
-import { GenerationRequest, InferenceError, SamplingParams } from "./Generation.ts"
+import { GenerationRequest, type GenerationResult, InferenceError, SamplingParams } from "./Generation.ts"
 import { Inference } from "./Inference.ts"
 import type { Message } from "./Message.ts"
 import { deriveSeed } from "./Seed.ts"
@@ -93,9 +93,32 @@ export const run = Effect.fnUntraced(function*(spec: EpisodeSpec) {
   const samplingFor = (maxNewTokens: number) =>
     sampling.maxNewTokens === maxNewTokens ? sampling : (sampling = new SamplingParams({ ...spec.sampling, maxNewTokens }))
 
+  // The two calls of a turn are plain flatMaps, not generators: a generator per call cost more than the
+  // call's own bookkeeping (docs/benchmarks.md, "Engine overhead").
+  const generated = (input: GenerateInput, result: GenerationResult): Effect.Effect<EpisodeEvent, InferenceError> => {
+    if (result.tokenIds.length !== result.logprobs.length) {
+      return Effect.fail(new InferenceError({
+        message: `inference returned ${result.tokenIds.length} tokens but ${result.logprobs.length} logprobs`
+      }))
+    }
+    if (result.tokenIds.length > input.maxNewTokens) {
+      return Effect.fail(new InferenceError({
+        message: `inference returned ${result.tokenIds.length} tokens, more than the ${input.maxNewTokens} asked for`
+      }))
+    }
+    const output: GenerateOutput = {
+      tokenIds: result.tokenIds,
+      logprobs: result.logprobs,
+      text: tokenizer.decode(result.tokenIds),
+      policyVersion: result.policyVersion,
+      ...(result.policyVersions === undefined ? {} : { policyVersions: result.policyVersions })
+    }
+    return Effect.succeed({ type: "GENERATE_DONE", output })
+  }
+
   const generate = (input: GenerateInput) =>
-    Effect.gen(function*() {
-      const request = new GenerationRequest({
+    inference.generate(
+      new GenerationRequest({
         episodeId: input.episodeId,
         turn: input.turn,
         contextIds: input.contextIds,
@@ -103,52 +126,36 @@ export const run = Effect.fnUntraced(function*(spec: EpisodeSpec) {
         stopTokenIds: tokenizer.stopTokenIds,
         seed: deriveSeed(spec.input.seed, spec.sample, input.turn)
       })
-      const result = yield* inference.generate(request)
-      if (result.tokenIds.length !== result.logprobs.length) {
-        return yield* new InferenceError({
-          message: `inference returned ${result.tokenIds.length} tokens but ${result.logprobs.length} logprobs`
-        })
+    ).pipe(Effect.flatMap((result) => generated(input, result)))
+
+  const stepped = (input: InteractInput, result: typeof StepResultSchema.Type): Effect.Effect<EpisodeEvent, EnvironmentError> => {
+    const role = result.role ?? "user"
+    let observationIds: ReadonlyArray<number> = []
+    if (!result.done) {
+      try {
+        observationIds = tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds)
+      } catch (cause) {
+        return Effect.fail(new EnvironmentError({ message: `could not render the observation: ${errorMessage(cause)}` }))
       }
-      if (result.tokenIds.length > input.maxNewTokens) {
-        return yield* new InferenceError({
-          message: `inference returned ${result.tokenIds.length} tokens, more than the ${input.maxNewTokens} asked for`
-        })
-      }
-      const output: GenerateOutput = {
-        tokenIds: result.tokenIds,
-        logprobs: result.logprobs,
-        text: tokenizer.decode(result.tokenIds),
-        policyVersion: result.policyVersion,
-        ...(result.policyVersions === undefined ? {} : { policyVersions: result.policyVersions })
-      }
-      return { type: "GENERATE_DONE", output } as const
-    })
+    }
+    const output: InteractOutput = {
+      observation: result.observation,
+      role,
+      reward: result.reward,
+      done: result.done,
+      observationIds,
+      ...(result.info !== undefined ? { info: result.info } : {})
+    }
+    return Effect.succeed({ type: "INTERACT_DONE", output })
+  }
 
   const interact = (input: InteractInput) =>
-    Effect.gen(function*() {
-      const result = yield* environment!.step(input.action, {
-        tokenIds: input.assistantIds,
-        get contextIds() {
-          return input.contextIds
-        }
-      })
-      const role = result.role ?? "user"
-      const observationIds = result.done
-        ? []
-        : yield* Effect.try({
-          try: () => tokenizer.appendMessage({ role, content: result.observation }, input.assistantIds),
-          catch: (cause) => new EnvironmentError({ message: `could not render the observation: ${errorMessage(cause)}` })
-        })
-      const output: InteractOutput = {
-        observation: result.observation,
-        role,
-        reward: result.reward,
-        done: result.done,
-        observationIds,
-        ...(result.info !== undefined ? { info: result.info } : {})
+    environment!.step(input.action, {
+      tokenIds: input.assistantIds,
+      get contextIds() {
+        return input.contextIds
       }
-      return { type: "INTERACT_DONE", output } as const
-    })
+    }).pipe(Effect.flatMap((result) => stepped(input, result)))
 
   /** What the state asks the host to do, as the event that reports it done; undefined once the machine is done. */
   const work = (snapshot: SnapshotFrom<typeof episodeMachine>): Effect.Effect<EpisodeEvent> | undefined => {

@@ -4,7 +4,7 @@
  * back is checked against the protocol's schemas; a throw, a hang or garbage becomes an EnvironmentError
  * whose message names the call and the problem. `close` runs at most once and never fails.
  */
-import { Effect, Schema } from "effect"
+import { Effect, Result, Schema } from "effect"
 import type { DatasetRow } from "../../src/DatasetRow.ts"
 import {
   type Environment,
@@ -31,13 +31,15 @@ export interface EnvironmentActor {
  * on every call, about 15 µs a call where the engine's whole budget is 50 µs a turn. For the same reason the
  * AbortController is made only when the environment reads its signal (most never do).
  */
-const call = <S extends Schema.Top>(
+const call = <A>(
   what: string,
   timeoutMs: number,
-  schema: S,
+  decode: (raw: unknown) => Result.Result<A, Schema.SchemaError>,
   run: (signal: () => AbortSignal) => unknown
-): Effect.Effect<S["Type"], EnvironmentError, S["DecodingServices"]> =>
-  Effect.callback<unknown, EnvironmentError>((resume) => {
+): Effect.Effect<A, EnvironmentError> =>
+  // Checked where the answer arrives, in the same callback: a decoding effect after it cost a few more fiber
+  // steps on every call.
+  Effect.callback<A, EnvironmentError>((resume) => {
     let controller: AbortController | undefined
     const abandon = () => controller?.abort(new Error(`the episode abandoned the environment's ${what} call`))
     const timer = setTimeout(() => {
@@ -51,7 +53,10 @@ const call = <S extends Schema.Top>(
     try {
       Promise.resolve(run(() => (controller ??= new AbortController()).signal)).then((raw) => {
         clearTimeout(timer)
-        resume(Effect.succeed(raw))
+        const decoded = decode(raw)
+        resume(Result.isSuccess(decoded)
+          ? Effect.succeed(decoded.success)
+          : Effect.fail(new EnvironmentError({ message: `${what} returned an invalid result: ${decoded.failure.message}` })))
       }, threw)
     } catch (cause) {
       threw(cause)
@@ -60,13 +65,11 @@ const call = <S extends Schema.Top>(
       clearTimeout(timer)
       abandon()
     })
-  }).pipe(
-    Effect.flatMap((raw) =>
-      Schema.decodeUnknownEffect(schema)(raw).pipe(
-        Effect.mapError((issue) => new EnvironmentError({ message: `${what} returned an invalid result: ${issue.message}` }))
-      )
-    )
-  )
+  })
+
+const decodeReset = Schema.decodeUnknownResult(ResetResultSchema)
+const decodeStep = Schema.decodeUnknownResult(StepResultSchema)
+const acceptAnything = (raw: unknown) => Result.succeed(raw)
 
 /** Makes the environment (a throwing factory is an EnvironmentError naming it) and guards it. */
 export const make = (
@@ -81,7 +84,7 @@ export const make = (
     let closed = false
     return {
       reset: ({ seed, row }) =>
-        call("reset", callTimeoutMs, ResetResultSchema, (signal) =>
+        call("reset", callTimeoutMs, decodeReset, (signal) =>
           environment.reset({
             seed,
             row,
@@ -90,7 +93,7 @@ export const make = (
             }
           })),
       step: (action, tokens) =>
-        call("step", callTimeoutMs, StepResultSchema, (signal) =>
+        call("step", callTimeoutMs, decodeStep, (signal) =>
           environment.step(action, {
             // Getters, not a spread: the context's ids are copied only if the environment reads them.
             get tokenIds() {
@@ -106,7 +109,7 @@ export const make = (
       close: Effect.suspend(() => {
         if (closed || environment.close === undefined) return Effect.void
         closed = true
-        return call("close", callTimeoutMs, Schema.Unknown, () => environment.close?.()).pipe(
+        return call("close", callTimeoutMs, acceptAnything, () => environment.close?.()).pipe(
           Effect.catch((error) => Effect.logWarning(`environment "${name}": ${error.message}`))
         )
       })
