@@ -249,7 +249,9 @@ describe("dashboard", () => {
       }
       // The run had no held-out evaluation: once it ends, the page and the progress line say it is done, and
       // its clock stops.
-      await page.waitForFunction(() => document.querySelector('[data-testid="eta"]')?.textContent === "done")
+      // The ETA says "done" once every episode is played, which can be a snapshot before the run's end: wait
+      // for the page to have the ended run's snapshot before reading its clock.
+      await page.waitForFunction(() => document.body.dataset.phase === "done")
       const elapsed = await text(page, "elapsed")
       await sleep(2_500)
       expect(await text(page, "elapsed")).toBe(elapsed)
