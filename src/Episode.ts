@@ -93,8 +93,8 @@ export const run = Effect.fnUntraced(function*(spec: EpisodeSpec) {
   const samplingFor = (maxNewTokens: number) =>
     sampling.maxNewTokens === maxNewTokens ? sampling : (sampling = new SamplingParams({ ...spec.sampling, maxNewTokens }))
 
-  // The two calls of a turn are plain flatMaps, not generators: a generator per call cost more than the
-  // call's own bookkeeping (docs/benchmarks.md, "Engine overhead").
+  // The two calls of a turn are plain flatMaps, not generators: a generator resumed per call was one of the
+  // engine's larger costs per turn (docs/benchmarks.md, "engine: what orchestration costs per turn").
   const generated = (input: GenerateInput, result: GenerationResult): Effect.Effect<EpisodeEvent, InferenceError> => {
     if (result.tokenIds.length !== result.logprobs.length) {
       return Effect.fail(new InferenceError({
