@@ -436,13 +436,13 @@ export class OnnxCausalLM {
     if (style === undefined) throw new ModelLoadError(`${directory}: the ONNX graph has no past_key_values.0.key input (export it with the KV cache)`)
     const outputs = created.session.outputNames
     this.#fetchesNewOnly = outputs.includes("new_key_values.0.key")
-    const draws = outputs.includes(SAMPLE_TOKENS) ? [SAMPLE_TOKENS, SAMPLE_LOGPROBS] : []
+    this.drawsInGraph = outputs.includes(SAMPLE_TOKENS)
+    const draws = this.drawsInGraph ? [SAMPLE_TOKENS, SAMPLE_LOGPROBS] : []
     this.#fetches = this.#fetchesNewOnly
       ? ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`new_key_values.${i}.key`, `new_key_values.${i}.value`]).flat()]
       : ["logits", SAMPLE_PROBS, ...draws, ...Array.from({ length: shape.numLayers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()]
     this.#fetchLists = [0, 1, 2, 3].map((bits) =>
       this.#fetches.filter((name) => (name !== "logits" || (bits & 2) !== 0) && (name !== SAMPLE_PROBS || (bits & 1) !== 0)))
-    this.drawsInGraph = outputs.includes(SAMPLE_TOKENS)
     this.#keyName = (layer) => `past_key_values.${layer}.${style}key`
     this.#valueName = (layer) => `past_key_values.${layer}.${style}value`
     this.#hasCacheBranch = inputs.includes("use_cache_branch")
@@ -544,8 +544,7 @@ export class OnnxCausalLM {
   async #forwardRows(inputs: ForwardInputs): Promise<ForwardOutputs> {
     const { batch: b, sequenceLength: s, pastLength: p } = inputs
     const { numLayers, kvHeads, headDim, vocabSize } = this.shape
-    const fetchLogits = inputs.fetch?.logits ?? true
-    const fetchProbs = inputs.fetch?.probs ?? true
+    const { logits: fetchLogits, probs: fetchProbs } = fetched(inputs)
     const logits = fetchLogits ? new Float32Array(b * s * vocabSize) : NOTHING
     const probs = fetchProbs ? new Float32Array(b * vocabSize) : NOTHING
     const draws = this.drawsInGraph ? { tokens: new BigInt64Array(b), logprobs: new Float32Array(b) } : undefined
@@ -588,7 +587,7 @@ export class OnnxCausalLM {
         sampleColumns: Int32Array.of(Math.min(Math.max((inputs.sampleColumns?.[r] ?? s - 1) - lo, 0), n - 1)),
         temperatures: Float32Array.of(inputs.temperatures?.[r] ?? 1),
         uniforms: Float32Array.of(inputs.uniforms?.[r] ?? 0),
-        fetch: { logits: fetchLogits, probs: fetchProbs }
+        ...(inputs.fetch === undefined ? {} : { fetch: inputs.fetch })
       })
       if (fetchLogits) logits.set(out.logits, (r * s + lo) * vocabSize)
       if (fetchProbs) probs.set(out.probs, r * vocabSize)
@@ -632,8 +631,7 @@ export class OnnxCausalLM {
     // Fetching the whole present cache costs more than the step itself (a copy into JavaScript of every
     // key and value); when the graph offers the new positions alone, only those cross over.
     if (this.drawsInGraph) feeds[SAMPLE_UNIFORMS] = new ort.Tensor("float32", inputs.uniforms ?? new Float32Array(b), [b])
-    const fetchLogits = inputs.fetch?.logits ?? true
-    const fetchProbs = inputs.fetch?.probs ?? true
+    const { logits: fetchLogits, probs: fetchProbs } = fetched(inputs)
     const out = await this.#session.run(feeds, this.#fetchLists[(fetchLogits ? 2 : 0) + (fetchProbs ? 1 : 0)]!)
     const float32 = (name: string) => asFloat32(out[name]!)
     const newKeys: Array<Float32Array> = []
@@ -662,13 +660,16 @@ export class OnnxCausalLM {
     }
   }
 
-
   async release(): Promise<void> {
     await this.#session.release()
   }
 }
 
 const NOTHING = new Float32Array(0)
+
+/** Which vocabulary-wide outputs a forward pass fetches (both unless told otherwise). */
+const fetched = (inputs: ForwardInputs): { readonly logits: boolean; readonly probs: boolean } =>
+  ({ logits: inputs.fetch?.logits ?? true, probs: inputs.fetch?.probs ?? true })
 
 /** The last `count` of `length` positions of each of `rows` rows of [rows, length, headDim]. */
 const lastPositions = (data: Float32Array, rows: number, length: number, count: number, headDim: number): Float32Array => {

@@ -153,6 +153,7 @@ export const runCase = async (bench: FuzzBench, seed: number, options: CaseOptio
   const chance = (p: number) => random() < p
 
   const maxBatchSize = pick([1, 2, 3, 4, 5, 7, 8, 12, 16, 24, 32, 48, 64])
+  // Drawn even when the options give one, so that the seed's later draws stay as they were.
   const drawnBudget = pick([0, 30_000, 300_000, 3_000_000, 1 << 30])
   const cacheBudgetBytes = options.cacheBudgetBytes ?? drawnBudget
   const maxPrefillTokens = pick([16, 64, 256, 1024, 4096])
